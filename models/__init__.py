@@ -1,0 +1,1 @@
+"""SpecLens models: LlamaGen-compatible GPT and VQ tokenizer, checkpoints, the decoder-facing interface."""
