@@ -1,0 +1,1 @@
+"""SpecLens decoders: plain AR and speculative decoders behind one interface, one trace record."""

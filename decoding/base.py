@@ -1,0 +1,164 @@
+"""What every decoder shares: the result type, the trace recorder, timing.
+
+A decoder is a small strategy object configured by its hyperparameters, stateless between
+calls, with one public method `generate(model, label, sampling, seed) -> DecodeResult`.
+It talks to the model only through `models.interface.ARImageModel`'s methods
+(`prefill`, `forward_window`, `codebook_embeddings`, `token_embeddings`, `decode_tokens`,
+`info`), which any object with those methods can provide.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from decoding.sampling import SamplingSettings, top1_and_entropy
+from decoding.trace import StepRecord, Trace
+
+
+class ModelLike(Protocol):
+    info: Any
+
+    def prefill(self, label: int, cfg_scale: float) -> torch.Tensor: ...
+    def forward_window(self, tokens: torch.Tensor, start: int) -> torch.Tensor: ...
+    def codebook_embeddings(self) -> torch.Tensor: ...
+    def token_embeddings(self) -> torch.Tensor: ...
+    def decode_tokens(self, tokens: torch.Tensor) -> np.ndarray: ...
+
+
+@dataclass
+class DecodeResult:
+    tokens: torch.Tensor  # [N]
+    trace: Trace
+    image: np.ndarray | None  # uint8 [H, W, 3]
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Accumulates model-forward time separately from the rest of the decoding loop."""
+
+    def __init__(self, device: torch.device | None = None):
+        self.device = device
+        self.forward_s = 0.0
+        self.step_forward_s = 0.0
+        self._t0 = time.perf_counter()
+
+    def forward(self, fn, *args):
+        _sync(self.device)
+        t = time.perf_counter()
+        out = fn(*args)
+        _sync(self.device)
+        dt = time.perf_counter() - t
+        self.forward_s += dt
+        self.step_forward_s = dt
+        return out
+
+    def elapsed(self) -> float:
+        _sync(self.device)
+        return time.perf_counter() - self._t0
+
+
+class TraceRecorder:
+    """Builds a Trace step by step. Per-position arrays are filled as positions are committed."""
+
+    def __init__(self, model: ModelLike, decoder: str, settings: dict, seed: int, label: int):
+        info = model.info
+        n = info.num_tokens
+        self.n = n
+        self.trace = Trace(model=info.name, decoder=decoder, settings=settings, seed=seed, label=int(label),
+                           class_name=info.class_names[int(label)], grid_shape=tuple(info.grid_shape),
+                           vocab_size=info.vocab_size, tokens=[-1] * n, commit_step=[-1] * n,
+                           commit_kind=[""] * n, commit_p=[0.0] * n, commit_top1=[0.0] * n,
+                           commit_entropy=[0.0] * n)
+        self._last_elapsed = 0.0
+
+    def new_step(self, window_start: int, window_length: int) -> StepRecord:
+        step = StepRecord(index=len(self.trace.steps), window_start=window_start, window_length=window_length)
+        self.trace.steps.append(step)
+        return step
+
+    @staticmethod
+    def record_drafts(step: StepRecord, positions: torch.Tensor, drafts: torch.Tensor, p: torch.Tensor,
+                      q_of_draft: torch.Tensor, accept_prob: torch.Tensor, accepted: torch.Tensor,
+                      relaxed: torch.Tensor | None = None, group_size: torch.Tensor | None = None) -> None:
+        """All arguments aligned over the verified drafts; p: [K, V] target distributions there."""
+        top1, ent = top1_and_entropy(p)
+        k = len(positions)
+        step.positions = positions.tolist()
+        step.draft_tokens = drafts.tolist()
+        step.p_draft = p.gather(-1, drafts.view(-1, 1)).view(-1).tolist()
+        step.q_draft = q_of_draft.tolist()
+        step.top1_prob = top1.tolist()
+        step.entropy = ent.tolist()
+        step.accept_prob = accept_prob.tolist()
+        step.accepted = accepted.tolist()
+        step.relaxed = relaxed.tolist() if relaxed is not None else [False] * k
+        step.group_size = group_size.tolist() if group_size is not None else [0] * k
+
+    def commit(self, step: StepRecord, positions: torch.Tensor, tokens: torch.Tensor, kinds: list[str],
+               p: torch.Tensor) -> None:
+        """Commit tokens at positions (aligned), p: [K, V] the target distributions there."""
+        top1, ent = top1_and_entropy(p)
+        p_tok = p.gather(-1, tokens.view(-1, 1)).view(-1)
+        t = self.trace
+        for pos, tok, kind, pt, t1, e in zip(positions.tolist(), tokens.tolist(), kinds, p_tok.tolist(),
+                                              top1.tolist(), ent.tolist()):
+            t.tokens[pos], t.commit_step[pos], t.commit_kind[pos] = tok, step.index, kind
+            t.commit_p[pos], t.commit_top1[pos], t.commit_entropy[pos] = pt, t1, e
+            step.committed_positions.append(pos)
+            step.committed_tokens.append(tok)
+            step.committed_kinds.append(kind)
+
+    def close_step(self, step: StepRecord, clock: Clock) -> None:
+        elapsed = clock.elapsed()
+        step.forward_s = clock.step_forward_s
+        step.overhead_s = max(0.0, elapsed - self._last_elapsed - clock.step_forward_s)
+        self._last_elapsed = elapsed
+
+    def finish(self, clock: Clock) -> Trace:
+        total = clock.elapsed()
+        self.trace.forward_s = clock.forward_s
+        self.trace.overhead_s = max(0.0, total - clock.forward_s)
+        return self.trace
+
+
+class Decoder:
+    """Base class: subclasses are dataclasses of hyperparameters and implement `_decode`."""
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = False
+
+    def settings(self) -> dict:
+        return asdict(self) if hasattr(self, "__dataclass_fields__") else {}
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)] if hasattr(cls, "__dataclass_fields__") else []
+
+    def generate(self, model: ModelLike, label: int, sampling: SamplingSettings | None = None, seed: int = 0,
+                 decode_image: bool = True) -> DecodeResult:
+        sampling = sampling or SamplingSettings()
+        gen = torch.Generator().manual_seed(int(seed))
+        device = getattr(model, "device", None)
+        recorder = TraceRecorder(model, self.name, {**self.settings(), **sampling.to_dict()}, int(seed), label)
+        clock = Clock(device)
+        tokens = self._decode(model, int(label), sampling, gen, recorder, clock)
+        trace = recorder.finish(clock)
+        image = None
+        if decode_image:
+            _sync(device)
+            t = time.perf_counter()
+            image = model.decode_tokens(tokens)
+            trace.vq_decode_s = time.perf_counter() - t
+        return DecodeResult(tokens=tokens, trace=trace, image=image)
+
+    def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
+                recorder: TraceRecorder, clock: Clock) -> torch.Tensor:
+        raise NotImplementedError

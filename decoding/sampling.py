@@ -1,0 +1,67 @@
+"""Logit processing and sampling: pure tensor functions shared by every decoder.
+
+Order as in LlamaGen `sample()`: (CFG is applied by the model interface) -> temperature ->
+top-k -> top-p -> softmax. Temperature 0 means greedy: the distribution is one-hot on the
+argmax (ties to the lowest id), so every decoder's "sampling" becomes argmax.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    cfg_scale: float = 4.0
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+    def __post_init__(self) -> None:
+        if not self.cfg_scale >= 1.0:
+            raise ValueError(f"cfg_scale must be >= 1, got {self.cfg_scale}")
+        if not self.temperature >= 0.0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def logits_to_probs(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """[..., V] guided logits -> target distribution p [..., V] (float32)."""
+    logits = logits.float()
+    if s.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits / s.temperature
+    if s.top_k and s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        remove = cum > s.top_p
+        remove[..., 1:] = remove[..., :-1].clone()  # keep the first token above the threshold
+        remove[..., 0] = False
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """[..., V] -> [...] token ids, one draw per row."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+
+
+def top1_and_entropy(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., V] -> (top-1 probability [...], entropy in nats [...])."""
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+    return probs.max(-1).values, entropy

@@ -1,0 +1,156 @@
+"""Train the bundled class-conditional GPT (LlamaGen architecture) on VQ tokens of Fashion-MNIST.
+
+    python -m models.train_gpt --vq runs/vq/vq.pt --out runs/gpt --minutes 60
+
+Seeded and resumable (rerun with the same --out): the whole training set is tokenised once
+(`tokens.npz`), then AdamW with warmup and cosine decay over `--max-steps`, bf16 autocast
+optional. Every `--save-every` steps: `last.pt` (model + optimiser + RNG, to resume), `gpt.pt`
+(official LlamaGen layout, fp16) and a JSON-lines log with train/val loss.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.checkpoint import load_into, read_state_dict, save_checkpoint
+from models.data import load_fashion_mnist, to_model_range
+from models.gpt import GPT, GPTConfig
+from models.vq import VQConfig, VQModel
+
+BUNDLED_GPT = dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, num_classes=10, block_size=196,
+                   cls_token_num=1, class_dropout_prob=0.1, token_dropout_p=0.0, resid_dropout_p=0.0,
+                   ffn_dropout_p=0.0)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vq", default="runs/vq/vq.pt", help="trained VQ checkpoint")
+    p.add_argument("--out", default="runs/gpt", help="run folder")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this invocation")
+    p.add_argument("--max-steps", type=int, default=4000, help="length of the LR schedule")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--dim", type=int, default=BUNDLED_GPT["dim"])
+    p.add_argument("--n-layer", type=int, default=BUNDLED_GPT["n_layer"])
+    p.add_argument("--n-head", type=int, default=BUNDLED_GPT["n_head"])
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU with AVX512-BF16)")
+    p.add_argument("--source", default="auto", choices=["auto", "debian", "subset"])
+    return p.parse_args(argv)
+
+
+def load_vq(path: str | Path) -> VQModel:
+    sd, meta = read_state_dict(path)
+    vq = VQModel(VQConfig.from_dict(meta["config"]))
+    load_into(vq, sd, path)
+    return vq.eval()
+
+
+@torch.no_grad()
+def tokenize(vq: VQModel, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    """uint8 [N, 28, 28] -> int16 codes [N, h*w] (raster order)."""
+    out = []
+    for i in range(0, len(images), batch):
+        _, codes, _ = vq.encode(to_model_range(images[i:i + batch].copy()))
+        out.append(codes.flatten(1).numpy().astype(np.int16))
+    return np.concatenate(out)
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = min(1.0, (step - args.warmup) / max(1, args.max_steps - args.warmup))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def make_optimizer(gpt: GPT, lr: float) -> torch.optim.Optimizer:
+    decay = [p for p in gpt.parameters() if p.dim() >= 2]
+    no_decay = [p for p in gpt.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def loss_on(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor, bf16: bool) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = gpt(labels, tokens[:, :-1])  # [B, T, V]
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vq = load_vq(args.vq)
+    if not (out / "tokens.npz").exists():
+        images, labels = load_fashion_mnist("train", args.source)
+        np.savez_compressed(out / "tokens.npz", tokens=tokenize(vq, images), labels=labels)
+    data = np.load(out / "tokens.npz")
+    tokens = torch.from_numpy(data["tokens"].astype(np.int64))
+    labels = torch.from_numpy(data["labels"].astype(np.int64))
+    n_val = 1000 if len(tokens) > 5000 else len(tokens) // 5
+    val_t, val_y, tr_t, tr_y = tokens[-n_val:], labels[-n_val:], tokens[:-n_val], labels[:-n_val]
+    cfg = GPTConfig(**{**BUNDLED_GPT, "dim": args.dim, "n_layer": args.n_layer, "n_head": args.n_head,
+                       "vocab_size": vq.config.codebook_size, "block_size": tokens.shape[1]})
+    gpt = GPT(cfg)
+    opt = make_optimizer(gpt, args.lr)
+    step, gen = 0, torch.Generator().manual_seed(args.seed)
+    if (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", weights_only=True)
+        gpt.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+    log = open(out / "log.jsonl", "a")
+    t0 = time.time()
+    gpt.train()
+    while step < args.max_steps and time.time() - t0 < args.minutes * 60:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        idx = torch.randint(0, len(tr_t), (args.batch,), generator=gen)
+        loss = loss_on(gpt, tr_y[idx], tr_t[idx], args.bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % args.eval_every == 0 or step == 1:
+            record = {"step": step, "train_loss": round(loss.item(), 4), "val_loss": evaluate(gpt, val_y, val_t, args.bf16),
+                      "lr": round(lr_at(step, args), 7), "elapsed_s": round(time.time() - t0, 1)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if step % args.save_every == 0:
+            save_state(out, gpt, opt, step, gen, cfg, vq)
+    save_state(out, gpt, opt, step, gen, cfg, vq)
+
+
+@torch.no_grad()
+def evaluate(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor, bf16: bool) -> float:
+    gpt.eval()
+    losses = [loss_on(gpt, labels[i:i + 250], tokens[i:i + 250], bf16).item() for i in range(0, len(tokens), 250)]
+    gpt.train()
+    return round(float(np.mean(losses)), 4)
+
+
+def save_state(out: Path, gpt: GPT, opt, step: int, gen: torch.Generator, cfg: GPTConfig, vq: VQModel) -> None:
+    torch.save({"model": gpt.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state()}, out / "last.pt.tmp")
+    (out / "last.pt.tmp").replace(out / "last.pt")
+    save_checkpoint(out / "gpt.pt", gpt, meta={"kind": "gpt", "config": cfg.to_dict(), "steps": step}, half=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Train the bundled VQ tokenizer on Fashion-MNIST (28x28 -> 14x14 codes).
+
+    python -m models.train_vq --out runs/vq --minutes 15
+
+Seeded and resumable: writes `last.pt` (model + optimiser + step) and a JSON-lines log every
+`--save-every` steps; rerunning with the same --out resumes. Loss: pixel MSE + L1 plus the
+official codebook and commitment losses; dead codes (unused over the last `--restart-every`
+steps) are re-seeded from encoder outputs of the current batch, which the calibration run
+found necessary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.checkpoint import save_checkpoint
+from models.data import load_fashion_mnist, to_model_range
+from models.vq import VQConfig, VQModel
+
+BUNDLED_VQ = dict(codebook_size=1024, codebook_embed_dim=8, encoder_ch_mult=[1, 2], decoder_ch_mult=[1, 2],
+                  z_channels=64, ch=32, num_res_blocks=1, in_channels=1)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/vq", help="run folder (checkpoints, log)")
+    p.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this invocation")
+    p.add_argument("--max-steps", type=int, default=100000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--codebook-size", type=int, default=BUNDLED_VQ["codebook_size"])
+    p.add_argument("--restart-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the conv stacks (CPU with AVX512-BF16)")
+    p.add_argument("--source", default="auto", choices=["auto", "debian", "subset"])
+    return p.parse_args(argv)
+
+
+def autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def restart_dead_codes(vq: VQModel, usage: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> int:
+    """Re-seed codes with zero usage from (normalised) encoder outputs z [N, D]."""
+    dead = (usage == 0).nonzero().flatten()
+    if len(dead) == 0:
+        return 0
+    pick = torch.randint(0, z.shape[0], (len(dead),), generator=gen)
+    new = z[pick] + 0.01 * torch.randn(len(dead), z.shape[1], generator=gen)
+    with torch.no_grad():
+        vq.quantize.embedding.weight[dead] = F.normalize(new, dim=-1) if vq.config.codebook_l2_norm else new
+    return len(dead)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, _ = load_fashion_mnist("train", args.source)
+    x_all = to_model_range(images)
+    val = x_all[-1000:]
+    train = x_all[:-1000] if len(x_all) > 2000 else x_all
+    cfg = VQConfig(**{**BUNDLED_VQ, "codebook_size": args.codebook_size})
+    vq = VQModel(cfg)
+    opt = torch.optim.Adam(vq.parameters(), lr=args.lr)
+    step, gen = 0, torch.Generator().manual_seed(args.seed)
+    if (out / "last.pt").exists():
+        state = torch.load(out / "last.pt", weights_only=True)
+        vq.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        gen.set_state(state["gen"])
+    usage = torch.zeros(cfg.codebook_size)
+    log = open(out / "log.jsonl", "a")
+    t0 = time.time()
+    while step < args.max_steps and time.time() - t0 < args.minutes * 60:
+        idx = torch.randint(0, len(train), (args.batch,), generator=gen)
+        x = train[idx]
+        with autocast(args.bf16):
+            z = vq.quant_conv(vq.encoder(x))
+        z_q, codes, (vq_loss, commit_loss) = vq.quantize(z.float())  # nearest code in fp32
+        with autocast(args.bf16):
+            rec = vq.decode(z_q).float()
+        rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        loss = rec_loss + vq_loss + commit_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        usage += torch.bincount(codes.flatten(), minlength=cfg.codebook_size)
+        step += 1
+        if step % args.restart_every == 0:
+            zf = F.normalize(z.detach().permute(0, 2, 3, 1).reshape(-1, cfg.codebook_embed_dim), dim=-1)
+            n_dead = restart_dead_codes(vq, usage, zf, gen)
+            rec_mse = evaluate(vq, val)
+            rec = {"step": step, "loss": round(loss.item(), 5), "rec_loss": round(rec_loss.item(), 5),
+                   "val_mse01": rec_mse, "dead_restarted": n_dead, "codes_used": int((usage > 0).sum()),
+                   "elapsed_s": round(time.time() - t0, 1)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            usage.zero_()
+        if step % args.save_every == 0:
+            torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state()},
+                       out / "last.pt")
+    torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state()}, out / "last.pt")
+    save_checkpoint(out / "vq.pt", vq, meta={"kind": "vq", "config": cfg.to_dict(), "steps": step}, half=True)
+
+
+@torch.no_grad()
+def evaluate(vq: VQModel, x: torch.Tensor) -> float:
+    """Reconstruction MSE on [0, 1] pixels."""
+    vq.eval()
+    rec = torch.cat([vq(x[i:i + 250])[0] for i in range(0, len(x), 250)])
+    vq.train()
+    return round(float(((rec.clamp(-1, 1) - x) / 2).pow(2).mean()), 6)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
