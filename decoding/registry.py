@@ -6,8 +6,15 @@ import importlib
 
 from decoding.ar import ARDecoder
 from decoding.base import Decoder
+from decoding.gsd import GSDDecoder
+from decoding.jacobi import JacobiDecoder
+from decoding.lantern import LanternDecoder
+from decoding.sjd import SJDDecoder
+from decoding.sjd_coupled import SJDCoupledDecoder
 
-DECODERS: dict[str, type[Decoder]] = {cls.name: cls for cls in (ARDecoder,)}
+DECODERS: dict[str, type[Decoder]] = {
+    cls.name: cls for cls in (ARDecoder, JacobiDecoder, SJDDecoder, LanternDecoder, GSDDecoder, SJDCoupledDecoder)
+}
 
 
 def decoder_class(name: str) -> type[Decoder]:

@@ -1,0 +1,81 @@
+"""GSD: Grouped Speculative Decoding on SJD's Jacobi drafts (So et al., ICCV 2025, arXiv 2508.07747).
+
+Notation: p = target distribution, q = draft distribution.
+
+The rule is `rules/gsd.py`: accept the draft with probability min(1, p(G) / q(G)) over its
+dynamic group G (the tokens ranked around it in the current target, filtered by probability
+similarity and by embedding distance); a rejected draft is replaced from SJD's exact residual.
+
+Settings and where they differ from the official code (junhyukso/GSD):
+- group_size: the official code hard-codes 14; the paper's main runs use 25 (COCO) and 50 (Parti);
+- prob_filter: |p(x') - p(x)| < 0.15 (official); None switches it off;
+- the distance filter: `distance_threshold` is the official absolute squared-L2 threshold (0.5);
+  on a small model it can admit every pair (a no-op), so `distance_quantile` instead sets the
+  threshold to that quantile of the table's own pairwise squared distances (e.g. 0.05: only the
+  closest 5% of pairs pass). Set at most one; both None switches the filter off;
+- embedding_space: 'gpt' (the GPT's input token embeddings, as the official code) or 'vq' (the
+  VQ codebook as the decoder uses it);
+- the ranking is computed once per window and truncated at its ends (see `rules/gsd.py`).
+With group_size = 1, or filters that admit only the draft, it is `sjd` token for token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from decoding.base import ModelLike
+from decoding.neighbours import distance_quantile, embedding_table
+from decoding.rules.gsd import grouped_acceptance, gsd_group
+from decoding.speculative_jacobi import SpeculativeJacobi
+
+EMBEDDING_SPACES = ("gpt", "vq")
+
+
+@dataclass
+class GSDDecoder(SpeculativeJacobi):
+    """group_size: G; prob_filter: max |p(x') - p(x)| (None: off); distance_threshold: absolute
+    squared-L2 bound (official 0.5); distance_quantile: bound as a quantile of the table's pairwise
+    squared distances (overrides nothing: set one of the two, or neither to switch the filter off);
+    embedding_space: 'gpt' | 'vq'."""
+
+    name = "gsd"
+    lossless = False
+    group_size: int = 14
+    prob_filter: float | None = 0.15
+    distance_threshold: float | None = 0.5
+    distance_quantile: float | None = None
+    embedding_space: str = "gpt"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if int(self.group_size) != self.group_size or self.group_size < 1:
+            raise ValueError(f"group_size must be an integer >= 1, got {self.group_size}")
+        if self.prob_filter is not None and not self.prob_filter >= 0.0:
+            raise ValueError(f"prob_filter must be >= 0 or None, got {self.prob_filter}")
+        if self.distance_threshold is not None and self.distance_quantile is not None:
+            raise ValueError("set distance_threshold (absolute) or distance_quantile (relative), not both; "
+                             "e.g. distance_threshold=None, distance_quantile=0.05")
+        if self.distance_threshold is not None and not self.distance_threshold >= 0.0:
+            raise ValueError(f"distance_threshold must be >= 0 or None, got {self.distance_threshold}")
+        if self.distance_quantile is not None and not 0.0 < self.distance_quantile <= 1.0:
+            raise ValueError(f"distance_quantile must be in (0, 1] or None, got {self.distance_quantile}")
+        if self.embedding_space not in EMBEDDING_SPACES:
+            raise ValueError(f"embedding_space must be one of {EMBEDDING_SPACES}, got {self.embedding_space!r}")
+
+    def prepare(self, model: ModelLike) -> tuple[torch.Tensor | None, float | None]:
+        """(embedding table [V, D] or None, squared-L2 threshold or None), from the per-model cache."""
+        if self.distance_quantile is not None:
+            threshold = distance_quantile(model, self.embedding_space, self.distance_quantile)
+        else:
+            threshold = self.distance_threshold
+        if threshold is None:
+            return None, None
+        return embedding_table(model, self.embedding_space), threshold
+
+    def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
+                   ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings, threshold = ctx
+        members, in_group = gsd_group(p, drafts, self.group_size, self.prob_filter, embeddings, threshold)
+        return grouped_acceptance(p, q, members, in_group)

@@ -1,0 +1,62 @@
+"""GSD's grouped acceptance (Grouped Speculative Decoding, So et al., ICCV 2025, arXiv 2508.07747).
+
+Notation: p = target distribution [K, V], q = draft distribution [K, V], x = draft token [K].
+
+Sec. 3 of the paper: accept x with probability min(1, p(G) / q(G)), G = the group of x, and keep x
+itself (Theorem 1: TV over groups <= TV over tokens, so acceptance only grows). The group is
+dynamic (Sec. 3.3, and `SpeculativeSampler.__call__` in junhyukso/GSD): the tokens ranked around
+x in the current target's ranking, then filtered:
+- rank window: G tokens, G // 2 ranked below x and G - 1 - G // 2 above (official: G = 14,
+  `order[r-7 : r+7]` of an ascending sort = 7 lower-ranked, x, 6 higher-ranked);
+- probability filter: |p(x') - p(x)| < prob_filter (official 0.15);
+- embedding filter: squared L2 distance between embeddings of x' and x < distance_threshold
+  (official 0.5, on the LM's input embeddings).
+On rejection the residual is SJD's exact norm(max(0, p - q)) (unchanged, as in the official code).
+
+Where we differ from the official code: the ranking is a stable descending sort of p (ties to the
+lower id) computed once per window, not an argsort of the logits per position; near the ends of
+the ranking the window is truncated, where the official slice `order[r-7:r+7]` becomes empty for
+r < 7 (group mass 0/0, always rejected); the draft always belongs to its group, so filters that
+admit nothing else give exactly SJD's rule.
+"""
+from __future__ import annotations
+
+import torch
+
+from decoding.rules.exact import acceptance_ratio
+
+
+def gsd_group(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filter: float | None,
+              embeddings: torch.Tensor | None, distance_threshold: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates of each draft's group and which of them belong to it.
+
+    Returns (members [K, G] token ids in descending target rank, in_group [K, G] bool). Column
+    `group_size - 1 - group_size // 2` is the draft itself and is always in the group.
+    """
+    vocab = p.shape[1]
+    order = torch.sort(p, dim=1, descending=True, stable=True).indices  # [K, V]
+    rank = (order == drafts[:, None]).long().argmax(1)  # [K]
+    n_higher = group_size - 1 - group_size // 2
+    offsets = torch.arange(-n_higher, group_size - n_higher, device=p.device)  # [G]
+    idx = rank[:, None] + offsets[None, :]  # [K, G]
+    in_group = (idx >= 0) & (idx < vocab)
+    members = order.gather(1, idx.clamp(0, vocab - 1))  # [K, G]
+    if prob_filter is not None:
+        p_x = p.gather(1, drafts[:, None])  # [K, 1]
+        in_group &= (p.gather(1, members) - p_x).abs() < prob_filter
+    if distance_threshold is not None:
+        if embeddings is None:
+            raise ValueError("a distance threshold needs an embedding table")
+        d2 = (embeddings[members] - embeddings[drafts][:, None, :]).pow(2).sum(-1)  # [K, G, D] -> [K, G]
+        in_group &= d2 < distance_threshold
+    in_group[:, n_higher] = True
+    return members, in_group
+
+
+def grouped_acceptance(p: torch.Tensor, q: torch.Tensor, members: torch.Tensor,
+                       in_group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """min(1, p(G) / q(G)) [K] and the group sizes |G| [K]."""
+    mask = in_group.to(p.dtype)  # [K, G]
+    p_group = (p.gather(1, members) * mask).sum(1)  # [K]
+    q_group = (q.gather(1, members) * mask).sum(1)  # [K]
+    return acceptance_ratio(p_group, q_group), in_group.sum(1)

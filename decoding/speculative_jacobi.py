@@ -1,0 +1,183 @@
+"""The Jacobi verification loop shared by SJD, LANTERN, GSD, SJD-coupled and deterministic Jacobi.
+
+Notation: p = target distribution (this forward pass), q = draft distribution (the one each draft
+was drawn from).
+
+One forward pass (SJD, Teng et al., ICLR 2025, Alg. 1; `SpeculativeSampler` and `_sample` in
+tyshiwo1/Accelerating-T2I-AR-with-SJD):
+1. The window: the last committed token, the pending drafts, then new drafts (`drafts.py`) up to
+   `window` tokens in all (the window counts the fed tokens, the last committed one included, as
+   the official `max_num_new_tokens`). Near the end of the grid it shrinks.
+2. One call `forward_window(window, start)`: row i of p is the target at position start + i + 1.
+3. One multinomial call draws a fresh sample y at every row (the Jacobi update).
+4. The rule (`verify`, the varying part) decides each draft; drafts are committed up to the first
+   rejection. There, one token is drawn from the residual ('resampled'); if every draft was
+   accepted and a position remains, y at the last row is committed ('bonus').
+5. The samples y after the first rejection become the next pass's drafts, with q = this pass's p
+   (as in the official code). New initial drafts have a one-hot q (as in the official code).
+The KV cache needs no rollback: the model interface is position-addressed.
+
+Random stream, in order per pass: new initial drafts, y (one multinomial), the rule's uniforms,
+the residual draw. Rules that reduce to the exact one (LANTERN delta = 0, GSD group of 1) make the
+same decisions on the same numbers, so they reproduce `sjd` token for token for the same seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
+from decoding.drafts import DRAFT_INITS, initial_drafts, one_hot_q
+from decoding.rules.exact import acceptance_ratio, first_rejection, residual
+from decoding.sampling import SamplingSettings, logits_to_probs, sample
+from decoding.trace import StepRecord
+
+
+@dataclass
+class Verdict:
+    """A rule's decisions over the D drafts of one window (each position on its own, before the cut)."""
+
+    accept_prob: torch.Tensor  # [D] probability the rule accepts each draft with
+    accepted: torch.Tensor  # [D] bool
+    relaxed: torch.Tensor  # [D] bool: accepted although the exact rule on the same draw would have rejected
+    group_size: torch.Tensor  # [D] long: LANTERN neighbourhood / GSD group used; 0 if none
+    q_draft: torch.Tensor  # [D] q(draft)
+    uniform: torch.Tensor | None = None  # [D] the uniforms drawn, if any
+
+
+@dataclass
+class Resolution:
+    token: torch.Tensor | None  # [1] committed after the accepted drafts, or None at the grid's end
+    kind: str  # "resampled" or "bonus"
+    next_drafts: torch.Tensor  # [M] drafts for the positions after the committed ones
+    next_q: torch.Tensor  # [M, V] their draft distributions
+
+
+@dataclass
+class SpeculativeJacobi(Decoder):
+    """Base of the Jacobi-window decoders; on its own it is SJD's exact rule (see `sjd.py`)."""
+
+    window: int = 16
+    init: str = "random"
+
+    def __post_init__(self) -> None:
+        if int(self.window) != self.window or self.window < 2:
+            raise ValueError(f"window must be an integer >= 2 (the last token plus drafts), got {self.window}")
+        if self.init not in DRAFT_INITS:
+            raise ValueError(f"init must be one of {DRAFT_INITS}, got {self.init!r}")
+
+    # -- the varying parts ------------------------------------------------------------------
+    def prepare(self, model: ModelLike) -> Any:
+        """Per-model data the rule needs (neighbour lists, embeddings), from a cache; once per call."""
+        return None
+
+    def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
+                   ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(acceptance probability [D], group size [D]); the exact rule min(1, p(x) / q(x))."""
+        return exact_acceptance(p, q, drafts), torch.zeros(len(drafts), dtype=torch.long)
+
+    def residual_target(self, p: torch.Tensor, drafts: torch.Tensor, ctx: Any) -> torch.Tensor:
+        """The target [1, V] whose residual against q a rejected draft is replaced from."""
+        return p
+
+    def propose(self, pending: torch.Tensor, q_pending: torch.Tensor, committed: torch.Tensor, count: int,
+                grid_width: int, vocab_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's `count` drafts and their q: the pending ones, then new initial drafts."""
+        known = torch.cat([committed, pending])
+        new = initial_drafts(self.init, known, count - len(pending), grid_width, vocab_size, gen)  # [count - P]
+        return torch.cat([pending, new]), torch.cat([q_pending, one_hot_q(new, vocab_size)])
+
+    def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor,
+               gen: torch.Generator, ctx: Any) -> Verdict:
+        """p, q: [D, V]; drafts, y: [D]. Accept each draft iff u < acceptance probability."""
+        prob, group_size = self.acceptance(p, q, drafts, ctx)  # [D], [D]
+        u = torch.rand(len(drafts), generator=gen)  # [D]
+        accepted = u < prob
+        relaxed = accepted & (u >= exact_acceptance(p, q, drafts))
+        return Verdict(prob, accepted, relaxed, group_size, q.gather(1, drafts[:, None])[:, 0], u)
+
+    def replacement(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor, r: int,
+                    gen: torch.Generator, ctx: Any) -> torch.Tensor:
+        """The token [1] that replaces the rejected draft at row r: a residual draw."""
+        target = self.residual_target(p[r:r + 1], drafts[r:r + 1], ctx)  # [1, V]
+        return sample(residual(target, q[r:r + 1]), gen)
+
+    def resolve(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor, verdict: Verdict,
+                r: int, gen: torch.Generator, ctx: Any) -> Resolution:
+        """The committed token after the r accepted drafts, and the next pass's drafts (Jacobi update)."""
+        n_drafts = len(drafts)
+        if r < n_drafts:
+            token, kind = self.replacement(p, q, drafts, y, r, gen, ctx), "resampled"
+        elif len(p) > n_drafts:
+            token, kind = y[n_drafts:n_drafts + 1], "bonus"
+        else:
+            token, kind = None, ""
+        return Resolution(token, kind, y[r + 1:], p[r + 1:])
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
+                recorder: TraceRecorder, clock: Clock) -> torch.Tensor:
+        info = model.info
+        n, vocab, width = info.num_tokens, info.vocab_size, info.grid_shape[1]
+        ctx = self.prepare(model)
+        tokens = torch.zeros(n, dtype=torch.long)
+
+        # 1. prefill: the target of position 0 and one token from it
+        logits = clock.forward(model.prefill, label, sampling.cfg_scale)  # [V]
+        step = recorder.new_step(-1, 0)
+        p0 = logits_to_probs(logits[None], sampling)  # [1, V]
+        tokens[:1] = sample(p0, gen)
+        recorder.commit(step, torch.tensor([0]), tokens[:1], ["bonus"], p0)
+        recorder.close_step(step, clock)
+
+        done = 1
+        drafts, q = torch.empty(0, dtype=torch.long), torch.empty(0, vocab)
+        while done < n:
+            # 2. the window: last committed token + drafts; it shrinks at the end of the grid
+            start = done - 1
+            length = min(self.window, n - start)
+            n_drafts, n_rows = length - 1, min(length, n - 1 - start)
+            drafts, q = self.propose(drafts[:n_drafts], q[:n_drafts], tokens[:done], n_drafts, width, vocab, gen)
+            step = recorder.new_step(start, length)
+            logits = clock.forward(model.forward_window, torch.cat([tokens[start:done], drafts]), start)  # [L, V]
+
+            # 3. targets at every position with a successor in the grid, and the Jacobi samples
+            p = logits_to_probs(logits[:n_rows], sampling)  # [R, V]; row i = position start + i + 1
+            y = sample(p, gen)  # [R]
+
+            # 4. verify, cut at the first rejection, replace or add a bonus token
+            verdict = self.verify(p[:n_drafts], q, drafts, y[:n_drafts], gen, ctx)
+            r = first_rejection(verdict.accepted)
+            res = self.resolve(p, q, drafts, y, verdict, r, gen, ctx)
+
+            # 5. commit and trace
+            committed = drafts[:r] if res.token is None else torch.cat([drafts[:r], res.token])
+            tokens[done:done + len(committed)] = committed
+            _record(recorder, step, start, drafts, p, verdict, r, committed, res.kind)
+            recorder.close_step(step, clock)
+            done += len(committed)
+            drafts, q = res.next_drafts, res.next_q
+        return tokens
+
+
+def exact_acceptance(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+    """min(1, p(x) / q(x)) [D] for p, q: [D, V] and drafts x: [D]."""
+    index = drafts[:, None]
+    return acceptance_ratio(p.gather(1, index)[:, 0], q.gather(1, index)[:, 0])
+
+
+def _record(recorder: TraceRecorder, step: StepRecord, start: int, drafts: torch.Tensor, p: torch.Tensor,
+            verdict: Verdict, r: int, committed: torch.Tensor, last_kind: str) -> None:
+    """Trace the verified drafts (up to and including the first rejection) and the commits."""
+    verified = min(r + 1, len(drafts))
+    in_prefix = torch.arange(verified) < r  # accepted and committed
+    relaxed = verdict.relaxed[:verified] & in_prefix
+    recorder.record_drafts(step, torch.arange(start + 1, start + 1 + verified), drafts[:verified], p[:verified],
+                           verdict.q_draft[:verified], verdict.accept_prob[:verified], in_prefix, relaxed,
+                           verdict.group_size[:verified])
+    kinds = ["relaxed" if rel else "draft" for rel in relaxed[:r].tolist()]
+    kinds += [last_kind] if len(committed) > r else []
+    positions = torch.arange(start + 1, start + 1 + len(committed))
+    recorder.commit(step, positions, committed, kinds, p[:len(committed)])

@@ -1,0 +1,90 @@
+"""Lossless decoders preserve the target distribution: a chi-square goodness-of-fit test of whole
+token sequences against the exact sequence distribution of a tiny random model.
+
+The model: vocabulary 4, a 2 x 2 token grid (256 sequences), CFG scale 2, temperature 1 (and
+top-k 3 in one case, so that the target has zeros); its
+distributions are far from uniform and depend on the context. The exact distribution is computed
+by enumeration with the GPT's own teacher-forced forward. Each decoder draws N_SAMPLES sequences
+with seeds 0..N_SAMPLES-1; sequences whose expected count is below 5 are pooled into one cell.
+
+False-alarm rate: each test rejects at p < ALPHA = 1e-3, so a correct decoder fails a given test
+with probability 1e-3 over the choice of seeds, and the whole file (LOSSLESS cases) with at most
+about 0.7%. The seeds are fixed, so a run is reproducible: a failure is never flaky, it reproduces.
+The test can fail: it rejects GSD and LANTERN set aggressively, and SJD with the classic bug of
+resampling from p instead of the residual after a rejection (with deterministic
+initial drafts; with uniform random ones that bug happens to cancel in the marginal).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from decoding_helpers import exact_sequence_distribution, random_tiny_model, sequence_index
+from scipy.stats import chisquare
+
+from decoding.registry import make_decoder
+from decoding.sampling import SamplingSettings, sample
+from decoding.sjd import SJDDecoder
+
+N_SAMPLES = 1200
+ALPHA = 1e-3
+SAMPLING = SamplingSettings(cfg_scale=2.0, temperature=1.0)
+TOP_K = SamplingSettings(cfg_scale=2.0, temperature=1.0, top_k=3)
+LABEL = 1
+
+LOSSLESS = [
+    ("ar", {}, SAMPLING),
+    ("jacobi", {"window": 3}, SAMPLING),
+    ("sjd", {"window": 3}, SAMPLING),
+    ("sjd", {"window": 4, "init": "vertical"}, SAMPLING),
+    ("sjd", {"window": 4, "init": "horizontal"}, TOP_K),
+    ("sjd-coupled", {"window": 4}, SAMPLING),
+    ("sjd-coupled", {"window": 3, "init": "horizontal"}, TOP_K),
+]
+
+
+class ResampleFromTargetSJD(SJDDecoder):
+    """The classic bug: after a rejection, draw from p instead of the residual norm(max(0, p - q))."""
+
+    def replacement(self, p, q, drafts, y, r, gen, ctx):
+        return sample(p[r:r + 1], gen)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_tiny_model(vocab=4, grid=2, seed=1, logit_scale=0.15)
+
+
+@pytest.fixture(scope="module")
+def exact(model):
+    return {s: exact_sequence_distribution(model, LABEL, s).numpy() for s in (SAMPLING, TOP_K)}
+
+
+def chi_square_p_value(decoder, model, exact: np.ndarray, sampling: SamplingSettings = SAMPLING) -> float:
+    counts = np.zeros(len(exact))
+    for seed in range(N_SAMPLES):
+        tokens = decoder.generate(model, LABEL, sampling, seed=seed, decode_image=False).tokens
+        counts[sequence_index(tokens, model.info.vocab_size)] += 1
+    expected = exact * N_SAMPLES
+    big = expected >= 5
+    observed = np.append(counts[big], counts[~big].sum())
+    expected = np.append(expected[big], expected[~big].sum())
+    return float(chisquare(observed, expected * observed.sum() / expected.sum()).pvalue)
+
+
+@pytest.mark.parametrize("name,params,sampling", LOSSLESS, ids=[f"{n}-{p}-k{s.top_k}" for n, p, s in LOSSLESS])
+def test_lossless_decoder_matches_exact_distribution(model, exact, name, params, sampling):
+    torch.set_num_threads(1)
+    p_value = chi_square_p_value(make_decoder(name, **params), model, exact[sampling], sampling)
+    assert p_value > ALPHA, f"{name} {params}: sequence distribution differs from the target (p = {p_value:.2e})"
+
+
+@pytest.mark.parametrize("decoder", [
+    make_decoder("gsd", window=4, group_size=4, prob_filter=None, distance_threshold=None),
+    make_decoder("lantern", window=4, neighbourhood_k=4, delta=1.0),
+    ResampleFromTargetSJD(window=4, init="horizontal"),
+], ids=["gsd-aggressive", "lantern-aggressive", "sjd-resample-from-p-bug"])
+def test_goodness_of_fit_rejects_lossy_decoders(model, exact, decoder):
+    torch.set_num_threads(1)
+    p_value = chi_square_p_value(decoder, model, exact[SAMPLING])
+    assert p_value < ALPHA, f"the test failed to detect a lossy decoder (p = {p_value:.2e})"
