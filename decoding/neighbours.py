@@ -81,7 +81,7 @@ def neighbour_lists(model: Any, space: str, k: int, l2_normalise: bool) -> torch
     cache = _model_cache(model)
     for key, value in cache.items():
         if key[:3] == ("neighbours", space, l2_normalise) and key[3] >= k:
-            return value[:, :k]
+            return value if key[3] == k else value[:, :k]
     lists = nearest_codes(embedding_table(model, space, l2_normalise), k)
     cache[("neighbours", space, l2_normalise, k)] = lists
     return lists

@@ -3,7 +3,8 @@
 Notation: p = target distribution [K, V], q = draft distribution [K, V], x = draft token [K].
 
 Sec. 3 of the paper: accept x with probability min(1, p(G) / q(G)), G = the group of x, and keep x
-itself (Theorem 1: TV over groups <= TV over tokens, so acceptance only grows). The group is
+itself (Theorem 1: TV over groups <= TV over tokens, so the mean acceptance 1 - TV only grows; a
+single draft's grouped ratio can still be below its own p(x) / q(x)). The group is
 dynamic (Sec. 3.3, and `SpeculativeSampler.__call__` in junhyukso/GSD): the tokens ranked around
 x in the current target's ranking, then filtered:
 - rank window: G tokens, G // 2 ranked below x and G - 1 - G // 2 above (official: G = 14,

@@ -1,0 +1,119 @@
+"""One contract for every registered decoder (a new decoder is tested with no new test code), and
+the plug-in of a user's decoder by import path."""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from decoding.base import Decoder
+from decoding.registry import DECODERS, decoder_class, make_decoder
+from decoding.sampling import SamplingSettings
+from decoding.trace import COMMIT_KINDS, Trace
+from models.registry import load_model
+
+SAMPLING = SamplingSettings(cfg_scale=4.0, temperature=1.0, top_k=30)
+GREEDY = SamplingSettings(cfg_scale=4.0, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return load_model("tiny-fixture")
+
+
+def check_trace(trace: Trace, n: int, decoder: Decoder) -> None:
+    trace.validate()  # every position committed exactly once, per-position record consistent
+    assert trace.decoder == decoder.name and trace.settings["cfg_scale"] == SAMPLING.cfg_scale
+    assert sum(trace.kind_counts().values()) == n and set(trace.commit_kind) <= set(COMMIT_KINDS)
+    assert sum(len(s.committed_positions) for s in trace.steps) == n
+    assert trace.nfe == len(trace.steps) and trace.steps[0].window_start == -1  # the prefill
+    assert trace.step_compression == pytest.approx(n / trace.nfe)
+    assert trace.mean_accepted_length == pytest.approx(n / trace.nfe)  # bonus/resampled token counted
+    assert trace.mean_accepted_drafts * trace.nfe == pytest.approx(
+        trace.kind_counts()["draft"] + trace.kind_counts()["relaxed"])
+    expected_next = 0
+    for s in trace.steps:
+        assert s.committed_positions == list(range(expected_next, expected_next + len(s.committed_positions)))
+        assert len(s.committed_positions) >= 1  # every pass commits at least one token
+        if s.index > 0:
+            assert s.window_start == expected_next - 1  # the window starts at the last committed token
+        expected_next += len(s.committed_positions)
+        assert s.n_accepted == sum(k in ("draft", "relaxed") for k in s.committed_kinds)
+        assert s.positions == s.committed_positions[:len(s.positions)] or not s.positions
+        assert all(0.0 <= a <= 1.0 for a in s.accept_prob)
+        assert s.forward_s >= 0 and s.overhead_s >= 0
+    assert trace.forward_s > 0 and trace.overhead_s >= 0 and trace.vq_decode_s > 0
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_decoder_contract(model, name):
+    decoder = make_decoder(name)
+    assert decoder.name == name and set(decoder.settings()) == set(type(decoder).parameter_names())
+    n = model.info.num_tokens
+    for seed, label in ((0, 1), (5, 8)):
+        result = decoder.generate(model, label, SAMPLING, seed=seed)
+        assert result.tokens.shape == (n,) and result.tokens.dtype == torch.long
+        assert result.image.dtype == np.uint8 and result.image.shape[2] == 3
+        assert result.trace.tokens == result.tokens.tolist() and result.trace.seed == seed
+        check_trace(result.trace, n, decoder)
+        again = Trace.from_json(result.trace.to_json())  # JSON round trip
+        assert again.to_dict() == result.trace.to_dict()
+        same = decoder.generate(model, label, SAMPLING, seed=seed, decode_image=False)
+        assert torch.equal(same.tokens, result.tokens)  # a seed fixes the output
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in DECODERS.items() if c.lossless))
+def test_lossless_decoders_are_greedy_exact(model, name):
+    ar = make_decoder("ar")
+    for label in (2, 6):
+        ref = ar.generate(model, label, GREEDY, seed=0, decode_image=False).tokens
+        assert torch.equal(make_decoder(name).generate(model, label, GREEDY, seed=3, decode_image=False).tokens, ref)
+
+
+def test_trace_from_json_rejects_a_broken_trace(model):
+    d = make_decoder("sjd").generate(model, 0, SAMPLING, seed=0, decode_image=False).trace.to_dict()
+    d["steps"][1]["committed_positions"] = d["steps"][1]["committed_positions"][:-1]
+    d["steps"][1]["committed_tokens"] = d["steps"][1]["committed_tokens"][:-1]
+    d["steps"][1]["committed_kinds"] = d["steps"][1]["committed_kinds"][:-1]
+    with pytest.raises(ValueError, match="exactly once"):
+        Trace.from_dict(d)
+
+
+PLUGIN = '''
+"""A user's decoder: SJD that also accepts any draft that is the target's top-1 token."""
+from dataclasses import dataclass
+
+import torch
+
+from decoding.speculative_jacobi import SpeculativeJacobi
+
+
+@dataclass
+class TopOneSJD(SpeculativeJacobi):
+    name = "top1-sjd"
+    lossless = False
+
+    def acceptance(self, p, q, drafts, ctx):
+        exact, group = super().acceptance(p, q, drafts, ctx)
+        return torch.where(p.argmax(-1) == drafts, torch.ones_like(exact), exact), group
+'''
+
+
+def test_user_decoder_by_import_path(model, tmp_path, monkeypatch):
+    (tmp_path / "my_decoders.py").write_text(textwrap.dedent(PLUGIN))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    decoder = make_decoder("my_decoders:TopOneSJD", window=8)
+    result = decoder.generate(model, 3, SAMPLING, seed=0)
+    check_trace(result.trace, model.info.num_tokens, decoder)
+    assert result.trace.decoder == "top1-sjd"
+    with pytest.raises(ValueError, match="cannot import"):
+        decoder_class("my_decoders:Nope")
+    with pytest.raises(ValueError, match="not a subclass"):
+        decoder_class("textwrap:dedent")
+    with pytest.raises(ValueError, match="unknown decoder"):
+        decoder_class("nope")
+    with pytest.raises(ValueError, match="no parameter"):
+        make_decoder("sjd", group_size=3)

@@ -1,0 +1,157 @@
+"""The acceptance rules on their own: exact identities for the lossless ones, stated bounds for the
+relaxed ones. Notation: p = target, q = draft."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decoding.rules.coupling import maximal_coupling
+from decoding.rules.exact import acceptance_ratio, first_rejection, output_distribution, residual
+from decoding.rules.gsd import grouped_acceptance, gsd_group
+from decoding.rules.lantern import lantern_relaxed_probability, lantern_target
+
+
+def random_dist(*shape: int, seed: int, zeros: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*shape, generator=g) * 2
+    if zeros:
+        logits[..., :zeros] = float("-inf")  # a top-k'd distribution
+    return torch.softmax(logits, -1)
+
+
+def q_cases(vocab: int) -> list[torch.Tensor]:
+    return [random_dist(vocab, seed=1), random_dist(vocab, seed=2, zeros=3), torch.eye(vocab)[2],
+            random_dist(vocab, seed=0)]
+
+
+@pytest.mark.parametrize("p_zeros", [0, 4])
+def test_exact_rule_output_is_the_target(p_zeros):
+    p = random_dist(10, seed=0, zeros=p_zeros)
+    for q in q_cases(10):
+        out = output_distribution(p, q, acceptance_ratio(p, q), residual(p, q))
+        torch.testing.assert_close(out, p, atol=1e-6, rtol=0)
+
+
+def test_residual_is_a_distribution_and_supported_where_p_exceeds_q():
+    p, q = random_dist(3, 12, seed=3), random_dist(3, 12, seed=4)
+    r = residual(p, q)
+    torch.testing.assert_close(r.sum(-1), torch.ones(3))
+    assert (r[p <= q] == 0).all()
+    torch.testing.assert_close(residual(p, p), p)  # no residual mass: falls back to p (never drawn from)
+
+
+def test_first_rejection():
+    assert first_rejection(torch.tensor([True, True, False, True])) == 2
+    assert first_rejection(torch.tensor([False, True])) == 0
+    assert first_rejection(torch.tensor([True, True])) == 2
+    assert first_rejection(torch.zeros(0, dtype=torch.bool)) == 0
+
+
+def test_maximal_coupling_keeps_the_target_and_maximises_agreement():
+    """Monte Carlo over 40000 rows: marginal of x_new = p, P[x_new = x_old] = 1 - TV(p, q) (5 sigma)."""
+    vocab, n = 6, 40000
+    p, q = random_dist(vocab, seed=5), random_dist(vocab, seed=6)
+    g = torch.Generator().manual_seed(0)
+    x_old = torch.multinomial(q, n, replacement=True, generator=g)  # [n]
+    u = torch.rand(n, generator=g)
+    x_new, kept = maximal_coupling(p.expand(n, -1), q.expand(n, -1), x_old, u, g)
+    freq = torch.bincount(x_new, minlength=vocab).float() / n
+    assert (freq - p).abs().max() < 5 * (0.25 / n) ** 0.5
+    same = (x_new == x_old).float().mean()
+    tv = 0.5 * (p - q).abs().sum()
+    assert abs(same - (1 - tv)) < 5 * (0.25 / n) ** 0.5
+    assert (kept <= (x_new == x_old)).all()
+
+
+def test_maximal_coupling_output_identity_is_exact():
+    """The coupling's output distribution = the exact rule's = p, for every q (no sampling)."""
+    p = random_dist(8, seed=7, zeros=2)
+    for q in q_cases(8):
+        torch.testing.assert_close(output_distribution(p, q, acceptance_ratio(p, q), residual(p, q)), p,
+                                   atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("delta,ratio_bound", [(0.1, None), (0.3, None), (1.0, 3.0), (0.2, 1.5), (0.0, None)])
+def test_lantern_moves_at_most_delta_and_respects_lambda(delta, ratio_bound):
+    vocab, k = 40, 12
+    p = random_dist(30, vocab, seed=8, zeros=5)
+    g = torch.Generator().manual_seed(1)
+    drafts = torch.randint(vocab, (30,), generator=g)
+    neighbours = torch.stack([torch.randperm(vocab, generator=g) for _ in range(30)])
+    neighbours = torch.stack([row[row != d][:k - 1] for row, d in zip(neighbours, drafts)])  # [30, k-1]
+    p_tilde_x, n_moved, moved = lantern_relaxed_probability(p, drafts, neighbours, delta, ratio_bound)
+    p_x = p.gather(1, drafts[:, None])[:, 0]
+    assert (moved <= delta + 1e-7).all()
+    if ratio_bound is not None:
+        assert (p_tilde_x <= ratio_bound * p_x + 1e-7).all()
+    # the largest admissible prefix: one more neighbour would break a bound
+    cum = p.gather(1, neighbours).cumsum(1)
+    nxt = cum.gather(1, n_moved.clamp(max=k - 2)[:, None])[:, 0]
+    limit = torch.full_like(p_x, delta) if ratio_bound is None else torch.minimum(
+        torch.full_like(p_x, delta), (ratio_bound - 1) * p_x)
+    assert ((n_moved == k - 1) | (nxt > limit)).all()
+    # the relaxed target: a distribution, TV(p, p~) = moved mass, p~(x) as returned
+    target = lantern_target(p, drafts, neighbours, n_moved)
+    torch.testing.assert_close(target.sum(1), torch.ones(30))
+    torch.testing.assert_close(0.5 * (target - p).abs().sum(1), moved, atol=1e-6, rtol=0)
+    torch.testing.assert_close(target.gather(1, drafts[:, None])[:, 0], p_tilde_x)
+
+
+def test_lantern_with_nothing_admitted_is_the_exact_target():
+    p = random_dist(5, 20, seed=9)
+    drafts = torch.arange(5)
+    neighbours = torch.stack([torch.arange(5, 15)] * 5)
+    p_tilde_x, n_moved, moved = lantern_relaxed_probability(p, drafts, neighbours, 0.0, None)
+    assert (n_moved == 0).all() and (moved == 0).all()
+    assert torch.equal(p_tilde_x, p.gather(1, drafts[:, None])[:, 0])
+    assert torch.equal(lantern_target(p, drafts, neighbours, n_moved), p)
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 5, 14, 40])
+def test_gsd_group_holds_the_draft_and_only_tokens_passing_both_filters(group_size):
+    vocab, prob_filter, threshold = 40, 0.03, 1.0
+    p, q = random_dist(25, vocab, seed=10, zeros=6), random_dist(25, vocab, seed=11)
+    g = torch.Generator().manual_seed(2)
+    drafts = torch.randint(vocab, (25,), generator=g)
+    emb = torch.randn(vocab, 4, generator=g)
+    members, in_group = gsd_group(p, drafts, group_size, prob_filter, emb, threshold)
+    assert members.shape == (25, group_size)
+    center = group_size - 1 - group_size // 2
+    assert torch.equal(members[:, center], drafts) and in_group[:, center].all()
+    order = torch.sort(p, dim=1, descending=True, stable=True).indices
+    rank = torch.argsort(order, dim=1)  # rank[i, token]
+    for i in range(25):
+        x = drafts[i]
+        for m in members[i][in_group[i]].tolist():
+            if m == x:
+                continue
+            assert abs(p[i, m] - p[i, x]) < prob_filter
+            assert (emb[m] - emb[x]).pow(2).sum() < threshold
+            assert abs(int(rank[i, m]) - int(rank[i, x])) <= group_size // 2
+        assert len(set(members[i][in_group[i]].tolist())) == int(in_group[i].sum())  # no duplicates
+    ratio, size = grouped_acceptance(p, q, members, in_group)
+    assert (size >= 1).all() and (size <= group_size).all()
+    p_group = torch.stack([p[i, members[i][in_group[i]]].sum() for i in range(25)])
+    q_group = torch.stack([q[i, members[i][in_group[i]]].sum() for i in range(25)])
+    torch.testing.assert_close(ratio, (p_group / q_group).clamp(max=1))
+
+
+def test_gsd_group_of_one_is_the_exact_rule():
+    p, q = random_dist(9, 30, seed=12), random_dist(9, 30, seed=13)
+    drafts = torch.arange(9) * 3
+    for members, in_group in (gsd_group(p, drafts, 1, None, None, None),
+                              gsd_group(p, drafts, 14, 0.0, None, None)):
+        ratio, size = grouped_acceptance(p, q, members, in_group)
+        assert torch.equal(ratio, acceptance_ratio(p.gather(1, drafts[:, None])[:, 0],
+                                                   q.gather(1, drafts[:, None])[:, 0]))
+        assert (size == 1).all()
+
+
+def test_gsd_group_without_filters_is_the_rank_window():
+    p = random_dist(1, 30, seed=14)
+    order = torch.sort(p, dim=1, descending=True, stable=True).indices[0]
+    draft = order[10:11]
+    members, in_group = gsd_group(p, draft, 14, None, None, None)
+    assert members[0].tolist() == order[4:18].tolist() and in_group.all()  # 6 above, the draft, 7 below
+    members, in_group = gsd_group(p, order[:1], 14, None, None, None)  # top-ranked: truncated window
+    assert int(in_group.sum()) == 8 and members[0][in_group[0]].tolist() == order[:8].tolist()
