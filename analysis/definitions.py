@@ -1,0 +1,58 @@
+"""One-sentence definitions of every quantity a SpecLens figure shows, reused as its caption.
+
+They restate `decoding/trace.py`'s definitions for readers of a figure; change both together.
+"""
+from __future__ import annotations
+
+DEFINITIONS: dict[str, str] = {
+    "forward_pass": "A forward pass is one call of the target model; the condition prefill (step 0) counts.",
+    "nfe": "NFE = number of forward passes of the target model for one image, the prefill included "
+           "(plain AR: NFE = number of tokens).",
+    "step_compression": "Step compression = tokens / NFE (plain AR = 1.00; higher = fewer forward passes).",
+    "mean_accepted_length": "Mean accepted length = tokens committed per forward pass, the resampled or bonus "
+                            "token included (= step compression).",
+    "mean_accepted_drafts": "Accepted drafts per pass = drafts accepted per forward pass, the resampled or "
+                            "bonus token excluded.",
+    "acceptance_rate": "Acceptance rate = accepted drafts / drafts verified.",
+    "acceptance_by_depth": "Depth d = the d-th draft of a verified window (0 = the first). Rate = accepted / "
+                           "verified at depth d; conditional rate = accepted / verified at depth d among windows "
+                           "whose drafts before d were all accepted.",
+    "commit_step": "Commit step = the forward pass whose output committed the token at that position.",
+    "commit_kind": "How a token was committed: draft (accepted by the exact rule), relaxed (accepted only thanks "
+                   "to LANTERN's or GSD's relaxation), resampled (drawn from the residual after a rejection), "
+                   "bonus (drawn from the target with no draft left; every token of plain AR).",
+    "accept_prob": "Acceptance probability = the probability with which the rule accepted the draft verified "
+                   "at that position in the pass that committed it (blank where no draft was verified).",
+    "group_size": "Group size = LANTERN's neighbourhood |A| (codes whose mass moved onto the draft) or GSD's "
+                  "group |G| (the draft included) at the committing verification; 0 when the rule has none.",
+    "p_q": "p = target probability of a token, q = draft probability of the draft token.",
+    "top1": "Top-1 probability = the target's largest probability at a position (after CFG, temperature, "
+            "top-k/top-p), when its token was committed.",
+    "entropy": "Entropy = the target distribution's entropy at a position, in nats, when its token was committed.",
+    "wall_time": "Wall time = model forward (target calls) + decoder overhead (drafting, verification, sampling, "
+                 "bookkeeping) + VQ decode (tokens to pixels), one image, batch 1, warm-up not traced.",
+    "pixel_diff": "Pixel difference = |image - AR image| per pixel (0-255), shown where any token differs from "
+                  "the AR run with the same class and seed.",
+    "token_agreement": "Token agreement = share of positions whose token equals the AR run's (same class, seed).",
+    "usage": "Usage = how many times a code was committed, over the traces shown.",
+    "code_acceptance": "Code acceptance rate = accepted / verified drafts whose draft token was this code.",
+    "code_relaxed": "Relaxed acceptances = drafts of this code accepted only thanks to the relaxation.",
+    "projection": "2-D projection of the embeddings: PCA (exact, instant) or UMAP (cosine metric, fitted once per "
+                  "model and cached on disk). Distances in 2-D are only a guide.",
+    "neighbourhood": "Nearest codes = the k codes closest to the picked code in the chosen embedding space "
+                     "(L2), LANTERN's B_k; LANTERN moves onto a draft the mass of the largest prefix of them whose "
+                     "total target mass is at most delta.",
+    "class_consistency": "Class consistency = share of samples that the shipped Fashion-MNIST classifier assigns "
+                         "to the class they were generated for.",
+    "replay": "Replay: one frame per forward pass. Coloured = committed in this pass (by kind), grey = committed "
+              "earlier, white = not yet; open squares = drafts verified in this pass, crosses = drafts rejected "
+              "or discarded.",
+}
+
+
+def define(*keys: str) -> str:
+    """The definitions of `keys`, one per line, as a Markdown caption."""
+    unknown = [k for k in keys if k not in DEFINITIONS]
+    if unknown:
+        raise KeyError(f"no definition for {unknown}; known: {sorted(DEFINITIONS)}")
+    return "\n".join(f"- {DEFINITIONS[k]}" for k in keys)

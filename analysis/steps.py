@@ -1,0 +1,188 @@
+"""Per-forward-pass views: accepted length per pass, acceptance by depth in the window, and a replay
+of the generation pass by pass."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analysis.heatmaps import image_trace, panel_domains, set_domains, square_axes
+from analysis.style import EARLIER, KIND_COLOURS, KIND_LABELS, NOT_YET, decoder_colour, empty_figure, finish
+from decoding.trace import COMMIT_KINDS, Trace
+
+
+def committed_per_pass(trace: Trace) -> np.ndarray:
+    """[NFE] tokens committed by each forward pass, the resampled/bonus token included."""
+    return np.array([len(s.committed_positions) for s in trace.steps])
+
+
+def drafts_accepted_per_pass(trace: Trace) -> np.ndarray:
+    """[NFE] drafts accepted by each forward pass (bonus/resampled excluded)."""
+    return np.array([s.n_accepted for s in trace.steps])
+
+
+def kinds_per_pass(trace: Trace) -> dict[str, np.ndarray]:
+    """Per commit kind, [NFE] tokens of that kind committed by each pass."""
+    return {k: np.array([s.committed_kinds.count(k) for s in trace.steps]) for k in COMMIT_KINDS}
+
+
+@dataclass
+class DepthStats:
+    verified: np.ndarray  # [D] drafts verified at depth d
+    accepted: np.ndarray  # [D]
+    reached: np.ndarray  # [D] verified at depth d with every earlier draft of the window accepted
+    accepted_reached: np.ndarray  # [D]
+
+    @property
+    def rate(self) -> np.ndarray:
+        return self.accepted / np.maximum(self.verified, 1)
+
+    @property
+    def conditional_rate(self) -> np.ndarray:
+        return self.accepted_reached / np.maximum(self.reached, 1)
+
+
+def acceptance_by_depth(traces: Sequence[Trace]) -> DepthStats:
+    """Acceptance by the draft's depth in its verified window, pooled over traces."""
+    depth = max((len(s.positions) for t in traces for s in t.steps), default=0)
+    stats = DepthStats(*(np.zeros(depth, dtype=int) for _ in range(4)))
+    for t in traces:
+        for s in t.steps:
+            prefix_ok = True
+            for d, acc in enumerate(s.accepted):
+                stats.verified[d] += 1
+                stats.accepted[d] += acc
+                if prefix_ok:
+                    stats.reached[d] += 1
+                    stats.accepted_reached[d] += acc
+                prefix_ok = prefix_ok and acc
+    return stats
+
+
+def acceptance_rate(traces: Sequence[Trace]) -> float:
+    """Accepted drafts / drafts verified (NaN if no draft was verified)."""
+    verified = sum(len(s.accepted) for t in traces for s in t.steps)
+    return sum(s.n_accepted for t in traces for s in t.steps) / verified if verified else float("nan")
+
+
+def accepted_length_figure(trace: Trace) -> go.Figure:
+    """Left: tokens committed per pass along the generation, stacked by kind. Right: histogram."""
+    fig = make_subplots(1, 2, column_widths=[0.65, 0.35], horizontal_spacing=0.1,
+                        subplot_titles=("tokens committed per forward pass", "histogram over passes"))
+    per_kind = kinds_per_pass(trace)
+    steps = np.arange(trace.nfe)
+    for k in COMMIT_KINDS:
+        if per_kind[k].any():
+            fig.add_trace(go.Bar(x=steps, y=per_kind[k], name=KIND_LABELS[k], marker_color=KIND_COLOURS[k],
+                                 hovertemplate="pass %{x}: %{y} " + KIND_LABELS[k] + "<extra></extra>"), 1, 1)
+    lengths = committed_per_pass(trace)
+    values, counts = np.unique(lengths, return_counts=True)
+    fig.add_trace(go.Bar(x=values, y=counts, marker_color="#555555", showlegend=False,
+                         hovertemplate="%{y} passes committed %{x} tokens<extra></extra>"), 1, 2)
+    fig.update_layout(barmode="stack", bargap=0.05, legend=dict(orientation="h", y=-0.25, traceorder="normal"))
+    fig.update_xaxes(title_text="forward pass", row=1, col=1)
+    fig.update_yaxes(title_text="tokens", row=1, col=1)
+    fig.update_xaxes(title_text="tokens committed in one pass", dtick=1, row=1, col=2)
+    fig.update_yaxes(title_text="passes", row=1, col=2)
+    title = f"mean accepted length {trace.mean_accepted_length:.2f} · drafts per pass {trace.mean_accepted_drafts:.2f}"
+    return finish(fig, title, height=380)
+
+
+def depth_figure(traces_by_name: dict[str, Sequence[Trace]]) -> go.Figure:
+    """Acceptance rate (solid) and conditional rate (dashed) by depth, one colour per decoder."""
+    fig = go.Figure()
+    for i, (name, traces) in enumerate(traces_by_name.items()):
+        stats = acceptance_by_depth(traces)
+        if not len(stats.verified):
+            continue
+        d = np.arange(len(stats.verified))
+        colour = decoder_colour(i)
+        fig.add_trace(go.Scatter(x=d, y=stats.rate, mode="lines+markers", name=f"{name}: rate", line_color=colour,
+                                 customdata=np.stack([stats.accepted, stats.verified], -1),
+                                 hovertemplate="depth %{x}: %{customdata[0]}/%{customdata[1]} = %{y:.2f}"
+                                               "<extra>" + name + "</extra>"))
+        fig.add_trace(go.Scatter(x=d, y=stats.conditional_rate, mode="lines+markers", name=f"{name}: conditional",
+                                 line=dict(color=colour, dash="dash"),
+                                 customdata=np.stack([stats.accepted_reached, stats.reached], -1),
+                                 hovertemplate="depth %{x}: %{customdata[0]}/%{customdata[1]} = %{y:.2f}"
+                                               "<extra>" + name + " (conditional)</extra>"))
+    if not fig.data:
+        return empty_figure("no drafts were verified (plain AR has none)")
+    fig.update_xaxes(title_text="depth in the verified window (0 = first draft)", dtick=1)
+    fig.update_yaxes(title_text="acceptance rate", range=[0, 1.05])
+    return finish(fig, "acceptance by depth in the window", height=380)
+
+
+# -- replay ------------------------------------------------------------------------------------
+_REPLAY_COLOURS = [NOT_YET, EARLIER] + [KIND_COLOURS[k] for k in COMMIT_KINDS]
+
+
+def replay_states(trace: Trace) -> np.ndarray:
+    """[NFE, N] state of each position after each pass: 0 not yet, 1 committed earlier,
+    2 + kind index if committed in this pass."""
+    n = trace.num_tokens
+    states = np.zeros((trace.nfe, n), dtype=int)
+    done = np.zeros(n, dtype=bool)
+    for s in trace.steps:
+        row = np.where(done, 1, 0)
+        for pos, kind in zip(s.committed_positions, s.committed_kinds):
+            row[pos] = 2 + COMMIT_KINDS.index(kind)
+        states[s.index] = row
+        done[s.committed_positions] = True
+    return states
+
+
+def _replay_frame_data(trace: Trace, states: np.ndarray, i: int) -> list:
+    s, w = trace.steps[i], trace.grid_shape[1]
+    z = states[i].reshape(trace.grid_shape)
+    vr, vc = np.divmod(np.asarray(s.positions, dtype=int), w)
+    rejected = [p for p, a in zip(s.positions, s.accepted) if not a]
+    rr, rc = np.divmod(np.asarray(rejected, dtype=int), w)
+    return [go.Heatmap(z=z), go.Scatter(x=vc, y=vr), go.Scatter(x=rc, y=rr)]
+
+
+def replay_figure(trace: Trace, image: np.ndarray | None = None, max_frames: int = 400) -> go.Figure:
+    """A slider over forward passes: what each pass verified and committed."""
+    states = replay_states(trace)
+    n_colours = len(_REPLAY_COLOURS)
+    scale = []
+    for i, c in enumerate(_REPLAY_COLOURS):
+        scale += [[i / n_colours, c], [(i + 1) / n_colours, c]]
+    panels = 2 if image is not None else 1
+    fig = make_subplots(1, panels, subplot_titles=(["final image"] if image is not None else []) + ["pass by pass"])
+    domains = panel_domains(panels, share=0.7)
+    if image is not None:
+        fig.add_trace(image_trace(image, trace.grid_shape), 1, 1)
+    frame_ids = np.unique(np.linspace(0, trace.nfe - 1, min(trace.nfe, max_frames)).round().astype(int))
+    start = len(frame_ids) // 3  # open mid-generation, where there is something to see
+    first = _replay_frame_data(trace, states, int(frame_ids[start]))
+    first[0].update(colorscale=scale, zmin=-0.5, zmax=n_colours - 0.5, xgap=1, ygap=1, hoverinfo="skip",
+                    colorbar=dict(tickvals=list(range(n_colours)), thickness=14, x=domains[-1][1] + 0.01,
+                                  outlinewidth=1, outlinecolor="#999999",
+                                  ticktext=["not yet", "earlier"] + [KIND_LABELS[k] for k in COMMIT_KINDS]))
+    first[1].update(mode="markers", name="verified draft", hoverinfo="skip",
+                    marker=dict(symbol="square-open", size=16, color="#000000", line_width=2))
+    first[2].update(mode="markers", name="rejected / discarded", hoverinfo="skip",
+                    marker=dict(symbol="x-thin", size=12, color="#000000", line_width=2))
+    for t in first:
+        fig.add_trace(t, 1, panels)
+    offset = 1 if image is not None else 0
+    fig.frames = [go.Frame(data=_replay_frame_data(trace, states, int(i)), name=str(i),
+                           traces=[offset, offset + 1, offset + 2]) for i in frame_ids]
+    steps = [dict(method="animate", label=str(i), args=[[str(i)], dict(mode="immediate", frame=dict(duration=0),
+                                                                      transition=dict(duration=0))])
+             for i in frame_ids]
+    # tick labels hidden (one per pass would overlap); the current pass is printed above the slider
+    current = dict(prefix="forward pass ", font=dict(size=15, color="#222222"))
+    fig.update_layout(sliders=[dict(active=start, steps=steps, currentvalue=current,
+                                    pad=dict(t=50), font=dict(color="rgba(0,0,0,0)"), x=0.08, len=0.92)],
+                      legend=dict(orientation="h", x=0.5, y=1.12), plot_bgcolor="#BDBDBD",
+                      updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.3, xanchor="left",
+                                        buttons=[dict(label="▶ play", method="animate",
+                                                      args=[None, dict(frame=dict(duration=120), fromcurrent=True)])])])
+    square_axes(fig, trace.grid_shape, panels)
+    set_domains(fig, domains)
+    return finish(fig, f"replay · {trace.nfe} forward passes", height=560)

@@ -1,0 +1,252 @@
+"""analysis/ on hand-built traces (no model): the numbers the figures show, and that figures build."""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from analysis import ambiguity, codebook, compare, heatmaps, static, steps, sweeps
+from analysis.definitions import DEFINITIONS, define
+from analysis.synthetic import synthetic_trace
+from decoding.trace import COMMIT_KINDS, StepRecord, Trace
+
+
+def tiny_trace() -> Trace:
+    """2x2 grid, written out by hand: prefill commits 0; pass 1 verifies drafts at 1, 2, 3,
+    accepts 1 (exact) and 2 (relaxed, group of 3), rejects 3 and resamples it."""
+    steps_ = [
+        StepRecord(0, -1, 0, committed_positions=[0], committed_tokens=[5], committed_kinds=["bonus"]),
+        StepRecord(1, 0, 4, positions=[1, 2, 3], draft_tokens=[6, 7, 8], p_draft=[0.5, 0.1, 0.01],
+                   q_draft=[0.4, 0.3, 0.2], top1_prob=[0.6, 0.3, 0.5], entropy=[1.0, 2.0, 1.5],
+                   accept_prob=[1.0, 0.9, 0.05], accepted=[True, True, False], relaxed=[False, True, False],
+                   group_size=[0, 3, 0], committed_positions=[1, 2, 3], committed_tokens=[6, 7, 9],
+                   committed_kinds=["draft", "relaxed", "resampled"], forward_s=0.2, overhead_s=0.1),
+    ]
+    t = Trace(model="hand", decoder="lantern", settings={}, seed=3, label=1, class_name="Trouser", grid_shape=(2, 2),
+              vocab_size=10, tokens=[5, 6, 7, 9], steps=steps_, commit_step=[0, 1, 1, 1],
+              commit_kind=["bonus", "draft", "relaxed", "resampled"], commit_p=[0.9, 0.5, 0.1, 0.3],
+              commit_top1=[0.9, 0.6, 0.3, 0.5], commit_entropy=[0.2, 1.0, 2.0, 1.5], forward_s=0.3, overhead_s=0.1,
+              vq_decode_s=0.05)
+    t.validate()
+    return t
+
+
+@pytest.fixture(scope="module")
+def traces() -> list[Trace]:
+    return [synthetic_trace((6, 6), 32, window=0, seed=0, decoder="ar"),
+            synthetic_trace((6, 6), 32, window=4, accept=0.6, relax=0.0, seed=1, decoder="sjd"),
+            synthetic_trace((6, 6), 32, window=6, accept=0.7, relax=0.4, seed=2, decoder="lantern")]
+
+
+def test_synthetic_traces_are_valid_and_survive_json(traces):
+    for t in traces:
+        again = Trace.from_json(t.to_json())
+        assert again.tokens == t.tokens and again.nfe == t.nfe
+    assert traces[0].nfe == 36 and set(traces[0].commit_kind) == {"bonus"}
+    assert traces[2].nfe < 36 and "relaxed" in traces[2].commit_kind
+
+
+def test_position_table_takes_the_committing_verification():
+    table = heatmaps.position_table(tiny_trace())
+    assert table.step.tolist() == [0, 1, 1, 1]
+    assert [COMMIT_KINDS[k] for k in table.kind] == ["bonus", "draft", "relaxed", "resampled"]
+    assert np.isnan(table.q[0]) and table.q[1:].tolist() == [0.4, 0.3, 0.2]
+    assert table.draft_token.tolist() == [-1, 6, 7, 8]  # the rejected draft at 3, not the resampled 9
+    assert table.group_size[2] == 3 and np.isnan(table.accept_prob[0])
+    assert heatmaps.to_grid(table.step, (2, 2)).tolist() == [[0, 1], [1, 1]]
+
+
+def test_position_of_checks_the_grid():
+    assert heatmaps.position_of(1, 0, (2, 3)) == 3
+    with pytest.raises(ValueError, match="outside the 2x3 token grid"):
+        heatmaps.position_of(2, 0, (2, 3))
+
+
+@pytest.mark.parametrize("view", list(heatmaps.VIEWS))
+def test_every_map_view_builds_with_hover(view, traces):
+    image = np.zeros((12, 12, 3), np.uint8)
+    fig = heatmaps.acceptance_map(traces[2], view, image)
+    heat = [d for d in fig.data if d.type == "heatmap"][0]
+    assert np.asarray(heat.z).shape == (6, 6)
+    assert "token %{customdata[3]}" in heat.hovertemplate and "q(draft)" in heat.hovertemplate
+    assert heatmaps.caption(view) in DEFINITIONS.values()
+
+
+def test_unknown_view_is_a_clear_error(traces):
+    with pytest.raises(ValueError, match="unknown map view 'nope'"):
+        heatmaps.acceptance_maps(traces[0], views=("nope",))
+
+
+def test_kind_map_uses_a_legend_not_a_colour_bar(traces):
+    fig = heatmaps.acceptance_maps(traces[2], np.zeros((12, 12, 3), np.uint8), views=("kind", "step"))
+    legend = [d.name for d in fig.data if d.type == "scatter"]
+    assert "relaxed only" in legend and "draft accepted" in legend
+    assert sum(d.type == "image" for d in fig.data) == 1
+
+
+def test_per_pass_counts_and_depth_statistics():
+    t = tiny_trace()
+    assert steps.committed_per_pass(t).tolist() == [1, 3]
+    assert steps.drafts_accepted_per_pass(t).tolist() == [0, 2]
+    assert steps.kinds_per_pass(t)["relaxed"].tolist() == [0, 1]
+    d = steps.acceptance_by_depth([t, t])
+    assert d.verified.tolist() == [2, 2, 2] and d.accepted.tolist() == [2, 2, 0]
+    assert d.rate.tolist() == [1.0, 1.0, 0.0] and d.conditional_rate.tolist() == [1.0, 1.0, 0.0]
+    assert steps.acceptance_rate([t]) == pytest.approx(2 / 3)
+    assert np.isnan(steps.acceptance_rate([synthetic_trace((2, 2), 8, window=0)]))
+
+
+def test_conditional_depth_rate_only_counts_windows_that_reached_the_depth():
+    t = tiny_trace()
+    s = t.steps[1]
+    s.accepted, s.relaxed = [False, True, False], [False, False, False]  # accepted after a rejection
+    d = steps.acceptance_by_depth([t])
+    assert d.rate.tolist() == [0.0, 1.0, 0.0]
+    assert d.reached.tolist() == [1, 0, 0] and d.conditional_rate.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_replay_states_and_frames(traces):
+    t = tiny_trace()
+    states = steps.replay_states(t)
+    assert states.tolist() == [[2 + 3, 0, 0, 0], [1, 2 + 0, 2 + 1, 2 + 2]]
+    fig = steps.replay_figure(traces[1], np.zeros((12, 12, 3), np.uint8))
+    assert len(fig.frames) == traces[1].nfe and len(fig.layout.sliders[0].steps) == traces[1].nfe
+    assert len(steps.replay_figure(traces[0], max_frames=10).frames) == 10
+
+
+def test_step_figures_build(traces):
+    assert isinstance(steps.accepted_length_figure(traces[2]), go.Figure)
+    fig = steps.depth_figure({"sjd": [traces[1]], "ar": [traces[0]]})
+    assert {d.name for d in fig.data} == {"sjd: rate", "sjd: conditional"}
+    assert "no drafts" in steps.depth_figure({"ar": [traces[0]]}).layout.annotations[0].text
+
+
+def test_pca_is_exact_and_cache_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 2)) @ np.diag([3.0, 1.0])
+    xy = codebook.pca_2d(emb)
+    # 2-D input: PCA is a rotation (+ reflection), so pairwise distances are kept and axis 1 has the most variance
+    d = lambda a: np.linalg.norm(a[:, None] - a[None], axis=-1)  # noqa: E731
+    assert np.allclose(d(xy), d(emb), atol=1e-4) and xy[:, 0].var() > xy[:, 1].var()
+    store = codebook.ProjectionStore(tmp_path)
+    got, method = store.get("m/x", "vq", emb, background=False)
+    assert method == "pca" and np.allclose(got, xy)
+    assert (tmp_path / "m_x_vq_pca.npz").is_file()
+    fresh = codebook.ProjectionStore(tmp_path)
+    assert np.allclose(fresh.cached("m/x", "vq", "pca", emb), xy)
+    assert fresh.cached("m/x", "vq", "pca", emb + 1.0) is None  # other weights: the cache is not reused
+
+
+def test_projection_store_swaps_in_a_finished_background_projection(tmp_path, monkeypatch):
+    monkeypatch.setitem(codebook.METHODS, "umap", lambda e: np.ones((len(e), 2), np.float32))
+    store = codebook.ProjectionStore(tmp_path)
+    emb = np.random.default_rng(1).normal(size=(20, 4))
+    _, first = store.get("m", "gpt", emb)
+    store.wait(10)
+    xy, second = store.get("m", "gpt", emb)
+    assert first == "pca" and second == "umap" and np.all(xy == 1) and store.status("m", "gpt") == "UMAP ready"
+
+
+def test_projection_store_reports_a_failed_umap(tmp_path, monkeypatch):
+    def boom(e):
+        raise RuntimeError("no numba")
+
+    monkeypatch.setitem(codebook.METHODS, "umap", boom)
+    store = codebook.ProjectionStore(None)
+    store.get("m", "vq", np.eye(5))
+    store.wait(10)
+    assert store.get("m", "vq", np.eye(5))[1] == "pca" and "no numba" in store.status("m", "vq")
+
+
+def test_code_stats_and_summary():
+    stats = codebook.code_stats([tiny_trace()], 10)
+    assert stats.usage[[5, 6, 7, 9]].tolist() == [1, 1, 1, 1] and stats.usage.sum() == 4
+    assert stats.verified[8] == 1 and stats.accepted[8] == 0 and stats.relaxed[7] == 1
+    assert np.isnan(stats.acceptance[0]) and stats.acceptance[6] == 1.0
+    summary = codebook.code_summary(stats, 7)
+    assert summary["accepted through relaxation"] == 1 and summary["mean neighbourhood/group size"] == 3.0
+    with pytest.raises(ValueError, match="vocabulary 10, expected 12"):
+        codebook.code_stats([tiny_trace()], 12)
+
+
+def test_nearest_codes_match_brute_force():
+    emb = np.random.default_rng(2).normal(size=(200, 8)).astype(np.float32)
+    ids, dist = codebook.nearest_codes(emb, 17, 5)
+    brute = np.linalg.norm(emb - emb[17], axis=1)
+    brute[17] = np.inf
+    assert ids.tolist() == np.argsort(brute)[:5].tolist()
+    assert np.all(np.diff(dist) >= 0) and 17 not in ids
+    with pytest.raises(ValueError, match="code must be in"):
+        codebook.nearest_codes(emb, 200, 5)
+
+
+@pytest.mark.parametrize("colour_by", list(codebook.COLOUR_BY))
+def test_codebook_figure_colours_only_codes_with_data(colour_by, traces):
+    xy = codebook.pca_2d(np.random.default_rng(3).normal(size=(32, 4)))
+    stats = codebook.code_stats(traces, 32)
+    fig = codebook.codebook_figure(xy, stats, colour_by, picked=3, neighbours=[4, 5])
+    names = [d.name for d in fig.data]
+    assert "nearest codes" in names and "code 3" in names
+    grey = fig.data[0]
+    assert grey.name == "no data yet" and len(grey.x) + (len(fig.data[1].x) if len(names) == 4 else 0) == 32
+
+
+def test_patch_strip_layout():
+    strip = codebook.patch_strip([np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 200, np.uint8)], scale=2, gap=1)
+    assert strip.shape == (8, 17, 3) and strip[0, 8].tolist() == [255, 255, 255] and strip[0, 9, 0] == 200
+
+
+def test_compare_table_agreement_and_pixel_difference(traces):
+    rows = compare.compare_table(traces)
+    assert [r["decoder"] for r in rows] == ["ar", "sjd", "lantern"]
+    assert rows[0]["tokens equal to ar"] == 1.0 and rows[0]["acceptance rate"] is None
+    assert rows[1]["NFE"] == traces[1].nfe
+    a, b = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 10, np.uint8)
+    assert compare.pixel_difference(b, a).max() == 10
+    assert compare.compare_table(traces[1:])[0]["tokens equal to ar"] is None
+
+
+def test_compare_figures(traces):
+    images = [np.full((12, 12, 3), 40 * i, np.uint8) for i in range(3)]
+    fig = compare.compare_images_figure(traces, images)
+    titles = [a.text for a in fig.layout.annotations]
+    assert any("NFE 36" in s for s in titles) and any("tokens equal" in s for s in titles)
+    assert sum(d.type == "heatmap" for d in fig.data) == 2
+    speed = compare.speed_figure(traces)
+    assert {d.name for d in speed.data if d.name} == {"model forward", "decoder overhead", "VQ decode"}
+    with pytest.raises(ValueError, match="one image per trace"):
+        compare.compare_images_figure(traces, images[:2])
+
+
+def test_ambiguity_summary_and_figures(traces):
+    s = ambiguity.ambiguity_summary([tiny_trace()], threshold=0.5)
+    assert s["positions"] == 4 and s["share with top-1 < 0.5"] == 0.25
+    assert ambiguity.mean_grid([tiny_trace()], "commit_top1").tolist() == [[0.9, 0.6], [0.3, 0.5]]
+    assert isinstance(ambiguity.ambiguity_histograms(traces), go.Figure)
+    assert sum(d.type == "heatmap" for d in ambiguity.ambiguity_maps(traces[2]).data) == 3
+
+
+def test_sweep_table_groups_by_setting():
+    t = tiny_trace()
+    samples = [sweeps.SweepSample({"decoder": "lantern", "delta": 0.1}, t, 1, 1),
+               sweeps.SweepSample({"decoder": "lantern", "delta": 0.1}, t, 1, 2),
+               sweeps.SweepSample({"decoder": "lantern", "delta": 0.2}, t, 1, None)]
+    rows = sweeps.sweep_table(samples)
+    assert [r["delta"] for r in rows] == [0.1, 0.2]
+    assert rows[0]["images"] == 2 and rows[0]["class consistency"] == 0.5 and rows[1]["class consistency"] is None
+    assert rows[0]["acceptance rate"] == round(2 / 3, 3) and rows[0]["step compression"] == 2.0
+    curves = sweeps.sweep_curves(rows, "delta")
+    assert len(curves.data) == 3 and list(curves.data[0].x) == [0.1, 0.2]
+    assert len(sweeps.speed_quality_figure(rows, "delta").data) == 1
+
+
+def test_static_summary_png(traces):
+    png = static.summary_png(traces[2], np.zeros((12, 12, 3), np.uint8), dpi=40)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_definitions_are_sentences():
+    assert all(v.endswith(".") for v in DEFINITIONS.values())
+    assert define("nfe", "step_compression").count("\n") == 1
+    with pytest.raises(KeyError, match="no definition"):
+        define("speedup")
