@@ -87,10 +87,12 @@ class TraceRecorder:
     @staticmethod
     def record_drafts(step: StepRecord, positions: torch.Tensor, drafts: torch.Tensor, p: torch.Tensor,
                       q_of_draft: torch.Tensor, accept_prob: torch.Tensor, accepted: torch.Tensor,
-                      relaxed: torch.Tensor | None = None, group_size: torch.Tensor | None = None) -> None:
-        """All arguments aligned over the verified drafts; p: [K, V] target distributions there."""
-        top1, ent = top1_and_entropy(p)
+                      relaxed: torch.Tensor | None = None, group_size: torch.Tensor | None = None,
+                      stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """All arguments aligned over the verified drafts; p: [K, V] target distributions there;
+        stats: (top-1 probability, entropy) of p if already computed (at least K rows)."""
         k = len(positions)
+        top1, ent = (stats[0][:k], stats[1][:k]) if stats is not None else top1_and_entropy(p)
         step.positions = positions.tolist()
         step.draft_tokens = drafts.tolist()
         step.p_draft = p.gather(-1, drafts.view(-1, 1)).view(-1).tolist()
@@ -103,9 +105,11 @@ class TraceRecorder:
         step.group_size = group_size.tolist() if group_size is not None else [0] * k
 
     def commit(self, step: StepRecord, positions: torch.Tensor, tokens: torch.Tensor, kinds: list[str],
-               p: torch.Tensor) -> None:
-        """Commit tokens at positions (aligned), p: [K, V] the target distributions there."""
-        top1, ent = top1_and_entropy(p)
+               p: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Commit tokens at positions (aligned), p: [K, V] the target distributions there;
+        stats: (top-1 probability, entropy) of p if already computed (at least K rows)."""
+        k = len(positions)
+        top1, ent = (stats[0][:k], stats[1][:k]) if stats is not None else top1_and_entropy(p)
         p_tok = p.gather(-1, tokens.view(-1, 1)).view(-1)
         t = self.trace
         for pos, tok, kind, pt, t1, e in zip(positions.tolist(), tokens.tolist(), kinds, p_tok.tolist(),

@@ -66,6 +66,8 @@ class GSDDecoder(SpeculativeJacobi):
 
     def prepare(self, model: ModelLike) -> tuple[torch.Tensor | None, float | None]:
         """(embedding table [V, D] or None, squared-L2 threshold or None), from the per-model cache."""
+        if self.group_size > model.info.vocab_size:
+            raise ValueError(f"group_size={self.group_size} exceeds the vocabulary size {model.info.vocab_size}")
         if self.distance_quantile is not None:
             threshold = distance_quantile(model, self.embedding_space, self.distance_quantile)
         else:

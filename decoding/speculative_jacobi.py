@@ -31,7 +31,7 @@ import torch
 from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
 from decoding.drafts import DRAFT_INITS, initial_drafts, one_hot_q
 from decoding.rules.exact import acceptance_ratio, first_rejection, residual
-from decoding.sampling import SamplingSettings, logits_to_probs, sample
+from decoding.sampling import SamplingSettings, logits_to_probs, sample, top1_and_entropy
 from decoding.trace import StepRecord
 
 
@@ -125,7 +125,7 @@ class SpeculativeJacobi(Decoder):
         tokens = torch.zeros(n, dtype=torch.long)
 
         # 1. prefill: the target of position 0 and one token from it
-        logits = clock.forward(model.prefill, label, sampling.cfg_scale)  # [V]
+        logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]
         step = recorder.new_step(-1, 0)
         p0 = logits_to_probs(logits[None], sampling)  # [1, V]
         tokens[:1] = sample(p0, gen)
@@ -141,7 +141,7 @@ class SpeculativeJacobi(Decoder):
             n_drafts, n_rows = length - 1, min(length, n - 1 - start)
             drafts, q = self.propose(drafts[:n_drafts], q[:n_drafts], tokens[:done], n_drafts, width, vocab, gen)
             step = recorder.new_step(start, length)
-            logits = clock.forward(model.forward_window, torch.cat([tokens[start:done], drafts]), start)  # [L, V]
+            logits = clock.forward(model.forward_window, torch.cat([tokens[start:done], drafts]), start).cpu()  # [L, V]
 
             # 3. targets at every position with a successor in the grid, and the Jacobi samples
             p = logits_to_probs(logits[:n_rows], sampling)  # [R, V]; row i = position start + i + 1
@@ -172,12 +172,13 @@ def _record(recorder: TraceRecorder, step: StepRecord, start: int, drafts: torch
             verdict: Verdict, r: int, committed: torch.Tensor, last_kind: str) -> None:
     """Trace the verified drafts (up to and including the first rejection) and the commits."""
     verified = min(r + 1, len(drafts))
+    stats = top1_and_entropy(p[:max(verified, len(committed))])  # once for both records
     in_prefix = torch.arange(verified) < r  # accepted and committed
     relaxed = verdict.relaxed[:verified] & in_prefix
     recorder.record_drafts(step, torch.arange(start + 1, start + 1 + verified), drafts[:verified], p[:verified],
                            verdict.q_draft[:verified], verdict.accept_prob[:verified], in_prefix, relaxed,
-                           verdict.group_size[:verified])
+                           verdict.group_size[:verified], stats)
     kinds = ["relaxed" if rel else "draft" for rel in relaxed[:r].tolist()]
     kinds += [last_kind] if len(committed) > r else []
     positions = torch.arange(start + 1, start + 1 + len(committed))
-    recorder.commit(step, positions, committed, kinds, p[:len(committed)])
+    recorder.commit(step, positions, committed, kinds, p[:len(committed)], stats)

@@ -15,15 +15,16 @@ from __future__ import annotations
 import torch
 
 from decoding.rules.exact import acceptance_ratio, residual
+from decoding.sampling import sample
 
 
 def maximal_coupling(p: torch.Tensor, q: torch.Tensor, x_old: torch.Tensor, u: torch.Tensor,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """p, q: [K, V]; x_old: [K] drawn from q; u: [K] uniforms -> (x_new [K], kept [K] bool).
 
-    One multinomial call draws the residual for every row; rows that keep x_old ignore it.
+    One sampling call draws the residual for every row; rows that keep x_old ignore it.
     """
     ratio = acceptance_ratio(p.gather(1, x_old[:, None])[:, 0], q.gather(1, x_old[:, None])[:, 0])  # [K]
     kept = u < ratio  # [K]
-    redrawn = torch.multinomial(residual(p, q), 1, generator=generator)[:, 0]  # [K]
+    redrawn = sample(residual(p, q), generator)  # [K]
     return torch.where(kept, x_old, redrawn), kept

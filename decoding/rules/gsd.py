@@ -14,8 +14,8 @@ x in the current target's ranking, then filtered:
   (official 0.5, on the LM's input embeddings).
 On rejection the residual is SJD's exact norm(max(0, p - q)) (unchanged, as in the official code).
 
-Where we differ from the official code: the ranking is a stable descending sort of p (ties to the
-lower id) computed once per window, not an argsort of the logits per position; near the ends of
+Where we differ from the official code: the ranking is by p, descending, ties to the lower id,
+computed once per window (two top-k calls), not an argsort of the logits per position; near the ends of
 the ranking the window is truncated, where the official slice `order[r-7:r+7]` becomes empty for
 r < 7 (group mass 0/0, always rejected); the draft always belongs to its group, so filters that
 admit nothing else give exactly SJD's rule.
@@ -27,21 +27,33 @@ import torch
 from decoding.rules.exact import acceptance_ratio
 
 
+def rank_keys(p: torch.Tensor) -> torch.Tensor:
+    """[K, V] -> [K, V] int64 keys, distinct per row, whose descending order is the target ranking:
+    higher p first, ties to the lower id. (The bits of a non-negative float32 order like the float.)"""
+    vocab = p.shape[1]
+    shift = max(1, (vocab - 1).bit_length())
+    ids = torch.arange(vocab, device=p.device)
+    return (p.float().contiguous().view(torch.int32).long() << shift) | (vocab - 1 - ids)
+
+
 def gsd_group(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filter: float | None,
               embeddings: torch.Tensor | None, distance_threshold: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidates of each draft's group and which of them belong to it.
 
     Returns (members [K, G] token ids in descending target rank, in_group [K, G] bool). Column
-    `group_size - 1 - group_size // 2` is the draft itself and is always in the group.
+    `group_size - 1 - group_size // 2` is the draft itself and is always in the group. The rank
+    window is found with two top-k calls on integer rank keys, not a full sort of the vocabulary.
     """
-    vocab = p.shape[1]
-    order = torch.sort(p, dim=1, descending=True, stable=True).indices  # [K, V]
-    rank = (order == drafts[:, None]).long().argmax(1)  # [K]
-    n_higher = group_size - 1 - group_size // 2
-    offsets = torch.arange(-n_higher, group_size - n_higher, device=p.device)  # [G]
-    idx = rank[:, None] + offsets[None, :]  # [K, G]
-    in_group = (idx >= 0) & (idx < vocab)
-    members = order.gather(1, idx.clamp(0, vocab - 1))  # [K, G]
+    n_lower = group_size // 2
+    n_higher = group_size - 1 - n_lower
+    keys = rank_keys(p)  # [K, V]
+    key_x = keys.gather(1, drafts[:, None])  # [K, 1]
+    big, small = torch.iinfo(torch.int64).max, torch.iinfo(torch.int64).min
+    above = torch.topk(keys.masked_fill(keys <= key_x, big), n_higher, dim=1, largest=False)  # nearest first
+    below = torch.topk(keys.masked_fill(keys >= key_x, small), n_lower, dim=1, largest=True)  # nearest first
+    members = torch.cat([above.indices.flip(1), drafts[:, None], below.indices], dim=1)  # [K, G]
+    in_group = torch.cat([above.values.flip(1) != big, torch.ones_like(key_x, dtype=torch.bool),
+                          below.values != small], dim=1)  # false where the ranking ends
     if prob_filter is not None:
         p_x = p.gather(1, drafts[:, None])  # [K, 1]
         in_group &= (p.gather(1, members) - p_x).abs() < prob_filter
