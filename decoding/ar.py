@@ -21,7 +21,7 @@ class ARDecoder(Decoder):
                 recorder: TraceRecorder, clock: Clock) -> torch.Tensor:
         n = model.info.num_tokens
         tokens = torch.empty(n, dtype=torch.long)
-        logits = clock.forward(model.prefill, label, sampling.cfg_scale)  # [V]
+        logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]; decoder logic on CPU
         for pos in range(n):
             step = recorder.new_step(pos - 1, 0 if pos == 0 else 1)
             p = logits_to_probs(logits, sampling)
@@ -29,5 +29,5 @@ class ARDecoder(Decoder):
             recorder.commit(step, torch.tensor([pos]), tokens[pos:pos + 1], ["bonus"], p.view(1, -1))
             recorder.close_step(step, clock)
             if pos + 1 < n:
-                logits = clock.forward(model.forward_window, tokens[pos:pos + 1], pos)[0]
+                logits = clock.forward(model.forward_window, tokens[pos:pos + 1], pos)[0].cpu()
         return tokens

@@ -9,15 +9,17 @@ tyshiwo1/Accelerating-T2I-AR-with-SJD):
    `window` tokens in all (the window counts the fed tokens, the last committed one included, as
    the official `max_num_new_tokens`). Near the end of the grid it shrinks.
 2. One call `forward_window(window, start)`: row i of p is the target at position start + i + 1.
-3. One multinomial call draws a fresh sample y at every row (the Jacobi update).
+3. One sampling call draws a fresh sample y at every row (the Jacobi update).
 4. The rule (`verify`, the varying part) decides each draft; drafts are committed up to the first
    rejection. There, one token is drawn from the residual ('resampled'); if every draft was
    accepted and a position remains, y at the last row is committed ('bonus').
 5. The samples y after the first rejection become the next pass's drafts, with q = this pass's p
    (as in the official code). New initial drafts have a one-hot q (as in the official code).
-The KV cache needs no rollback: the model interface is position-addressed.
+The KV cache needs no rollback: the model interface is position-addressed. The logits come back
+to the CPU after each forward ([L, V], as `ar` does), and all the decoder's logic runs there, with
+the CPU generator of `Decoder.generate`, so the random stream does not depend on the device.
 
-Random stream, in order per pass: new initial drafts, y (one multinomial), the rule's uniforms,
+Random stream, in order per pass: new initial drafts, y (one sampling call), the rule's uniforms,
 the residual draw. Rules that reduce to the exact one (LANTERN delta = 0, GSD group of 1) make the
 same decisions on the same numbers, so they reproduce `sjd` token for token for the same seed.
 """

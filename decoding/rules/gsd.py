@@ -49,8 +49,8 @@ def gsd_group(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filte
     keys = rank_keys(p)  # [K, V]
     key_x = keys.gather(1, drafts[:, None])  # [K, 1]
     big, small = torch.iinfo(torch.int64).max, torch.iinfo(torch.int64).min
-    above = torch.topk(keys.masked_fill(keys <= key_x, big), n_higher, dim=1, largest=False)  # nearest first
-    below = torch.topk(keys.masked_fill(keys >= key_x, small), n_lower, dim=1, largest=True)  # nearest first
+    above = torch.topk(torch.where(keys > key_x, keys, big), n_higher, dim=1, largest=False)  # nearest first
+    below = torch.topk(torch.where(keys < key_x, keys, small), n_lower, dim=1, largest=True)  # nearest first
     members = torch.cat([above.indices.flip(1), drafts[:, None], below.indices], dim=1)  # [K, G]
     in_group = torch.cat([above.values.flip(1) != big, torch.ones_like(key_x, dtype=torch.bool),
                           below.values != small], dim=1)  # false where the ranking ends
@@ -60,7 +60,8 @@ def gsd_group(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filte
     if distance_threshold is not None:
         if embeddings is None:
             raise ValueError("a distance threshold needs an embedding table")
-        d2 = (embeddings[members] - embeddings[drafts][:, None, :]).pow(2).sum(-1)  # [K, G, D] -> [K, G]
+        group_emb = embeddings.index_select(0, members.flatten()).view(*members.shape, -1)  # [K, G, D]
+        d2 = (group_emb - embeddings.index_select(0, drafts)[:, None, :]).square().sum(-1)  # [K, G]
         in_group &= d2 < distance_threshold
     in_group[:, n_higher] = True
     return members, in_group
