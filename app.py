@@ -35,7 +35,9 @@ from decoding.trace import Trace
 from models.registry import ASSETS, DEFAULT_MODEL, MODELS, ModelUnavailable, load_model
 
 FALLBACK_MODEL = "tiny-fixture"
-PROJECTIONS = codebook.ProjectionStore(ASSETS / "projections")
+# UMAP fits start in the background on first use (off with SPECLENS_UMAP=0); the bundled model's ship.
+PROJECTIONS = codebook.ProjectionStore(os.environ.get("SPECLENS_PROJECTIONS_DIR", ASSETS / "projections"),
+                                       background=os.environ.get("SPECLENS_UMAP", "1") != "0")
 CLASSIFIER_PATH = ASSETS / "fashion_mnist_classifier.pt"
 OUT_DIR = Path(tempfile.mkdtemp(prefix="speclens-"))
 MAX_SESSION_TRACES = 64
@@ -195,6 +197,9 @@ def _widget(field: dataclasses.Field, visible: bool):
     ui = PARAM_UI.get(field.name, {})
     kind = ui.get("kind") or ("checkbox" if field.default in (True, False) else
                               "textbox" if isinstance(field.default, str) else "number")
+    if "None" in str(field.type):  # optional number: a text box where blank means off (a Number sends 0)
+        return gr.Textbox("" if field.default is None else str(field.default), label=field.name.replace("_", " "),
+                          info=ui.get("info"), visible=visible, placeholder="blank = off")
     common = dict(label=field.name.replace("_", " "), info=ui.get("info"), visible=visible, value=field.default)
     if kind == "slider":
         return gr.Slider(ui["minimum"], ui["maximum"], step=ui["step"], **common)
@@ -209,7 +214,7 @@ def _widget(field: dataclasses.Field, visible: bool):
 
 def _coerce(field: dataclasses.Field, value):
     """Widget value -> the dataclass field's type (sliders give floats; blank numbers give None)."""
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
         return None
     hint = str(field.type)
     if hint.startswith("int"):
@@ -226,7 +231,10 @@ def collect_settings(decoder: str, *values) -> str:
     if decoder not in DECODERS:
         return "{}"
     own = [f.name for f in dataclasses.fields(DECODERS[decoder])]
-    return json.dumps({n: _coerce(fields[n], by_name[n]) for n in own})
+    try:
+        return json.dumps({n: _coerce(fields[n], by_name[n]) for n in own})
+    except ValueError as e:
+        raise gr.Error(f"Decoder {decoder!r}: a setting is not a number ({e}).") from e
 
 
 def settings_for(decoder: str, settings_json: str) -> dict:
@@ -246,16 +254,17 @@ def stats_card(trace: Trace) -> str:
     rate = steps.acceptance_rate([trace])
     counts = trace.kind_counts()
     rate_text = "no drafts" if np.isnan(rate) else f"{rate:.1%}"
-    return (f"### {trace.decoder} · {trace.class_name} · seed {trace.seed}\n"
-            f"| NFE | step compression | accepted length | drafts / pass | acceptance rate |\n|---|---|---|---|---|\n"
-            f"| **{trace.nfe}** | **{trace.step_compression:.2f}** | {trace.mean_accepted_length:.2f} | "
-            f"{trace.mean_accepted_drafts:.2f} | {rate_text} |\n\n"
-            f"Committed: {counts['draft']} draft accepted · {counts['relaxed']} relaxed only · "
-            f"{counts['resampled']} resampled · {counts['bonus']} bonus  \n"
-            f"Wall time {trace.total_s * 1000:.0f} ms = model {trace.forward_s * 1000:.0f} + overhead "
-            f"{trace.overhead_s * 1000:.0f} + VQ decode {trace.vq_decode_s * 1000:.0f} ms (CPU, this machine)\n\n"
-            f"<small>\n\n{define('nfe', 'step_compression', 'mean_accepted_length', 'acceptance_rate', 'wall_time')}"
-            f"\n\n</small>")
+    rows = [("NFE (forward passes)", f"**{trace.nfe}**"), ("step compression", f"**{trace.step_compression:.2f}**"),
+            ("mean accepted length", f"{trace.mean_accepted_length:.2f}"),
+            ("accepted drafts / pass", f"{trace.mean_accepted_drafts:.2f}"), ("acceptance rate", rate_text),
+            ("committed", f"{counts['draft']} draft · {counts['relaxed']} relaxed · {counts['resampled']} resampled · "
+                          f"{counts['bonus']} bonus"),
+            ("wall time (this CPU)", f"{trace.total_s * 1000:.0f} ms = model {trace.forward_s * 1000:.0f} + overhead "
+                                     f"{trace.overhead_s * 1000:.0f} + VQ decode {trace.vq_decode_s * 1000:.0f}")]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    defs = define("nfe", "step_compression", "mean_accepted_length", "acceptance_rate", "wall_time")
+    return (f"### {trace.decoder} · {trace.class_name} · seed {trace.seed}\n\n| | |\n|---|---|\n{table}\n\n"
+            f"<small>\n\n{defs}\n\n</small>")
 
 
 def write_trace(trace: Trace) -> str:

@@ -59,8 +59,9 @@ class ProjectionStore:
     fitting UMAP in a daemon thread, so a later `get` swaps it in.
     """
 
-    def __init__(self, directory: str | Path | None):
+    def __init__(self, directory: str | Path | None, background: bool = True):
         self.directory = Path(directory) if directory else None
+        self.background = background  # False: never start UMAP (tests, machines without spare cores)
         self._memory: dict[tuple[str, str, str], tuple[str, np.ndarray]] = {}  # key -> (fingerprint, xy)
         self._running: set[tuple[str, str]] = set()
         self._errors: dict[tuple[str, str], str] = {}
@@ -85,11 +86,12 @@ class ProjectionStore:
         return xy
 
     def compute(self, model: str, space: str, method: str, embeddings: np.ndarray) -> np.ndarray:
-        """Project now (blocking), remember, and write the cache file when a directory is set."""
+        """Project now (blocking), remember, and write the cache file when a directory is set (not for
+        PCA, which is instant)."""
         xy = METHODS[method](embeddings)
         self._memory[(model, space, method)] = (fingerprint(embeddings), xy)
         path = self.path(model, space, method)
-        if path is not None:
+        if path is not None and method != "pca":
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(path, xy=xy, fingerprint=fingerprint(embeddings), method=method, space=space)
         return xy
@@ -99,7 +101,7 @@ class ProjectionStore:
         xy = self.cached(model, space, "umap", embeddings)
         if xy is not None:
             return xy, "umap"
-        if background:
+        if background and self.background:
             self._start_umap(model, space, embeddings)
         pca = self.cached(model, space, "pca", embeddings)
         return (pca if pca is not None else self.compute(model, space, "pca", embeddings)), "pca"
@@ -111,7 +113,7 @@ class ProjectionStore:
             return f"UMAP failed: {self._errors[(model, space)]}; showing PCA"
         if (model, space) in self._running:
             return "PCA shown while UMAP is being computed (refresh in a minute)"
-        return "PCA"
+        return "PCA" if self.background else "PCA (UMAP off)"
 
     def _start_umap(self, model: str, space: str, embeddings: np.ndarray) -> None:
         with self._lock:

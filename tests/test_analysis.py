@@ -121,20 +121,23 @@ def test_step_figures_build(traces):
     assert "no drafts" in steps.depth_figure({"ar": [traces[0]]}).layout.annotations[0].text
 
 
-def test_pca_is_exact_and_cache_round_trips(tmp_path):
+def test_pca_is_exact_and_umap_cache_round_trips(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(50, 2)) @ np.diag([3.0, 1.0])
     xy = codebook.pca_2d(emb)
     # 2-D input: PCA is a rotation (+ reflection), so pairwise distances are kept and axis 1 has the most variance
     d = lambda a: np.linalg.norm(a[:, None] - a[None], axis=-1)  # noqa: E731
     assert np.allclose(d(xy), d(emb), atol=1e-4) and xy[:, 0].var() > xy[:, 1].var()
-    store = codebook.ProjectionStore(tmp_path)
-    got, method = store.get("m/x", "vq", emb, background=False)
-    assert method == "pca" and np.allclose(got, xy)
-    assert (tmp_path / "m_x_vq_pca.npz").is_file()
-    fresh = codebook.ProjectionStore(tmp_path)
-    assert np.allclose(fresh.cached("m/x", "vq", "pca", emb), xy)
-    assert fresh.cached("m/x", "vq", "pca", emb + 1.0) is None  # other weights: the cache is not reused
+    store = codebook.ProjectionStore(tmp_path, background=False)
+    got, method = store.get("m/x", "vq", emb)
+    assert method == "pca" and np.allclose(got, xy) and store.status("m/x", "vq") == "PCA (UMAP off)"
+    assert not list(tmp_path.iterdir())  # PCA is instant: not written
+    monkeypatch.setitem(codebook.METHODS, "umap", lambda e: np.asarray(e[:, :2], np.float32) * 2)
+    store.compute("m/x", "vq", "umap", emb)
+    assert (tmp_path / "m_x_vq_umap.npz").is_file()
+    fresh = codebook.ProjectionStore(tmp_path, background=False)
+    assert fresh.get("m/x", "vq", emb)[1] == "umap"
+    assert fresh.cached("m/x", "vq", "umap", emb + 1.0) is None  # other weights: the cache is not reused
 
 
 def test_projection_store_swaps_in_a_finished_background_projection(tmp_path, monkeypatch):

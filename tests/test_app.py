@@ -14,6 +14,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ["SPECLENS_UMAP"] = "0"  # no 20-s numba compile in tests: PCA only
+os.environ["SPECLENS_PROJECTIONS_DIR"] = ""  # and nothing written into assets/
 
 import app  # noqa: E402
 from analysis.synthetic import synthetic_trace  # noqa: E402
@@ -54,7 +56,7 @@ def test_generate_returns_image_stats_trace_and_figures(client):
     assert np.asarray(Image.open(image)).shape[2] == 3
     trace = Trace.load(trace_file)
     assert trace.decoder == "lantern" and trace.seed == 3 and trace.label == 1 and trace.settings["window"] == 6
-    assert f"| **{trace.nfe}** |" in card and "Step compression = tokens / NFE" in card
+    assert f"| NFE (forward passes) | **{trace.nfe}** |" in card and "Step compression = tokens / NFE" in card
     for fig in (maps, lengths, depth, replay, amb, amb_map):
         assert fig["type"] == "plotly" and json.loads(fig["plot"])["data"]
     assert len(json.loads(replay["plot"])["frames"]) == trace.nfe
@@ -91,7 +93,7 @@ def test_uploaded_trace_is_shown_and_a_malformed_one_is_refused(client, tmp_path
     out = client.predict(handle_file(str(good)), "accept_prob", True, api_name="/view_trace")
     image, card = out[0], out[1]
     assert image is not None  # the trace names a model that is here: its tokens are decoded
-    assert f"| **{trace.nfe}** |" in card
+    assert f"| NFE (forward passes) | **{trace.nfe}** |" in card
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**trace.to_dict(), "tokens": [1, 2]}))
     with pytest.raises(Exception, match="Not a SpecLens trace: trace.tokens has 2 entries, expected 16"):
@@ -163,6 +165,10 @@ def test_settings_json_follows_the_selected_decoder():
     assert got["window"] == 7 and isinstance(got["window"], int) and got["delta"] == 0.25 and "group_size" not in got
     assert json.loads(app.collect_settings("ar", *[values[n] for n in names])) == {}
     assert app.settings_for("sjd", json.dumps(got)) == {"window": 7, "init": "random"}
+    values["ratio_bound"] = " "  # the browser sends blank optional numbers as text
+    assert json.loads(app.collect_settings("lantern", *[values[n] for n in names]))["ratio_bound"] is None
+    values["ratio_bound"] = "5"
+    assert json.loads(app.collect_settings("lantern", *[values[n] for n in names]))["ratio_bound"] == 5.0
 
 
 def test_sampling_messages_name_the_setting():
