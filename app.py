@@ -263,8 +263,8 @@ def stats_card(trace: Trace) -> str:
                                      f"{trace.overhead_s * 1000:.0f} + VQ decode {trace.vq_decode_s * 1000:.0f}")]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     defs = define("nfe", "step_compression", "mean_accepted_length", "acceptance_rate", "wall_time")
-    return (f"### {trace.decoder} · {trace.class_name} · seed {trace.seed}\n\n| | |\n|---|---|\n{table}\n\n"
-            f"<small>\n\n{defs}\n\n</small>")
+    return (f"### {trace.decoder} · {trace.class_name} · seed {trace.seed}\n\n| quantity | value |\n|---|---|\n"
+            f"{table}\n\n<small>\n\n{defs}\n\n</small>")
 
 
 def write_trace(trace: Trace) -> str:
@@ -393,7 +393,7 @@ def explore_codebook(model_name: str, space: str, colour_by: str, code, k, sessi
     stats = codebook.code_stats(traces, vocab) if traces else None
     ids, dist = codebook.nearest_codes(emb, code, k)
     fig = codebook.codebook_figure(xy, stats, colour_by, code, ids, method, space)
-    gallery = [(upscale(code_patch(model_name, c), 112), f"code {c}" + ("" if i == 0 else f" · d={d:.2f}"))
+    gallery = [(upscale(code_patch(model_name, c), 112), f"{c}" + ("" if i == 0 else f" · d={d:.2f}"))
                for i, (c, d) in enumerate([(code, 0.0)] + list(zip(ids.tolist(), dist.tolist())))]
     summary = codebook.code_summary(stats, code) if stats else {"code": code, "note": "no traces yet in this session"}
     status = (f"Projection: {PROJECTIONS.status(model_name, space)} · statistics from {len(traces)} trace(s) of "
@@ -630,10 +630,9 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
                 cb_plot = gr.Plot(label="codebook")
                 cb_defs = define("projection", "usage", "code_acceptance", "code_relaxed", "neighbourhood")
                 gr.Markdown(f"<small>\n\n{cb_defs}\n\n</small>")
-                with gr.Row():
-                    cb_gallery = gr.Gallery(label="picked code, then its nearest codes, each tiled over the grid "
-                                                  "and decoded", columns=9, height=180, object_fit="contain")
-                    cb_summary = gr.JSON(label="what this session's traces say about the code")
+                cb_gallery = gr.Gallery(label="picked code, then its nearest codes (id · L2 distance), each tiled "
+                                              "over the grid and decoded", columns=9, height=200, object_fit="contain")
+                cb_summary = gr.JSON(label="what this session's traces say about the code")
 
             with gr.Tab("Sweep", id="sweep"):
                 gr.Markdown(f"A small sweep runs here (at most {MAX_BROWSER_SWEEP} images, classes cycled, seed = "

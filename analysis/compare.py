@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.steps import acceptance_rate
-from analysis.style import decoder_colour, finish
+from analysis.style import finish
 from decoding.trace import Trace
 
 TIME_PARTS = (("forward_s", "model forward", "#0072B2"), ("overhead_s", "decoder overhead", "#E69F00"),
@@ -93,8 +93,8 @@ def speed_figure(traces: Sequence[Trace]) -> go.Figure:
     """Left: forward passes per decoder. Right: wall time split into model / overhead / VQ decode."""
     names = [run_name(t) for t in traces]
     fig = make_subplots(1, 2, subplot_titles=("forward passes (NFE)", "wall time per image"), horizontal_spacing=0.12)
-    colours = [decoder_colour(i) for i in range(len(names))]
-    fig.add_trace(go.Bar(x=names, y=[t.nfe for t in traces], marker_color=colours,
+    # neutral bars: the colours of this figure belong to the time split on the right
+    fig.add_trace(go.Bar(x=names, y=[t.nfe for t in traces], marker_color="#555555",
                          text=[f"{t.nfe} (×{t.step_compression:.2f})" for t in traces], textposition="outside",
                          showlegend=False, hovertemplate="%{x}: NFE %{y}<extra></extra>"), 1, 1)
     for attr, label, colour in TIME_PARTS:

@@ -122,7 +122,7 @@ def test_codebook_shows_projection_neighbours_and_patches(client):
     fig, gallery, summary, status = client.predict(MODEL, "vq", "acceptance", 5, 4, api_name="/codebook")
     names = [d.get("name") for d in json.loads(fig["plot"])["data"]]
     assert "nearest codes" in names and "code 5" in names
-    assert len(gallery) == 5 and gallery[0]["caption"] == "code 5" and "d=" in gallery[1]["caption"]
+    assert len(gallery) == 5 and gallery[0]["caption"] == "5" and "d=" in gallery[1]["caption"]
     assert summary["code"] == 5 and "PCA" in status or "UMAP" in status
     with pytest.raises(Exception, match=r"token id must be in \[0, 63\]"):
         client.predict(MODEL, "gpt", "usage", 64, 4, api_name="/codebook")
