@@ -179,7 +179,7 @@ def replay_figure(trace: Trace, image: np.ndarray | None = None, max_frames: int
     current = dict(prefix="forward pass ", font=dict(size=15, color="#222222"))
     fig.update_layout(sliders=[dict(active=start, steps=steps, currentvalue=current,
                                     pad=dict(t=50), font=dict(color="rgba(0,0,0,0)"), x=0.08, len=0.92)],
-                      legend=dict(orientation="h", x=0.5, y=1.12), plot_bgcolor="#BDBDBD",
+                      legend=dict(orientation="h", x=0.5, y=1.2), plot_bgcolor="#BDBDBD",
                       updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.3, xanchor="left",
                                         buttons=[dict(label="▶ play", method="animate",
                                                       args=[None, dict(frame=dict(duration=120), fromcurrent=True)])])])
