@@ -49,7 +49,8 @@ def plot_curves(logs: Path, out: Path) -> None:
         for key in keys:
             ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], label=key)
         ax.set_xlabel("step")
-        ax.set_title({"vq": "VQ tokenizer: held-out MSE ([0,1] pixels)", "gpt": "GPT: cross-entropy (nats/token)"}[name])
+        titles = {"vq": "VQ tokenizer: held-out MSE ([0,1] pixels)", "gpt": "GPT: cross-entropy (nats/token)"}
+        ax.set_title(titles[name])
         ax.legend()
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")

@@ -100,7 +100,8 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], path: str | Path) 
             )
     extra = [k for k in sd if k not in expected]
     if extra:
-        raise CheckpointError(f"{path}: unexpected key {extra[0]!r} ({len(extra)} unexpected in all; wrong model type?)")
+        raise CheckpointError(
+            f"{path}: unexpected key {extra[0]!r} ({len(extra)} unexpected in all; wrong model type?)")
     module.load_state_dict(sd, strict=True)
 
 

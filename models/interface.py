@@ -103,6 +103,10 @@ class ARImageModel:
         """[V, D]: the VQ codebook as the image decoder uses it (l2-normalised in LlamaGen)."""
         return self.vq.quantize.codebook().detach().float().cpu()
 
+    def raw_codebook_embeddings(self) -> torch.Tensor:
+        """[V, D]: the VQ embedding weights before l2-normalisation (what LANTERN's code reads)."""
+        return self.vq.quantize.embedding.weight.detach().float().cpu()
+
     def token_embeddings(self) -> torch.Tensor:
         """[V, dim]: the GPT's input token embeddings (GSD's space)."""
         return self.gpt.tok_embeddings.weight.detach().float().cpu()

@@ -128,8 +128,9 @@ def main(argv=None) -> None:
         opt.step()
         step += 1
         if step % args.eval_every == 0 or step == 1:
-            record = {"step": step, "train_loss": round(loss.item(), 4), "val_loss": evaluate(gpt, val_y, val_t, args.bf16),
-                      "lr": round(lr_at(step, args), 7), "elapsed_s": round(time.time() - t0, 1)}
+            record = {"step": step, "train_loss": round(loss.item(), 4),
+                      "val_loss": evaluate(gpt, val_y, val_t, args.bf16), "lr": round(lr_at(step, args), 7),
+                      "elapsed_s": round(time.time() - t0, 1)}
             log.write(json.dumps(record) + "\n")
             log.flush()
         if step % args.save_every == 0:

@@ -111,7 +111,8 @@ def main(argv=None) -> None:
         if step % args.save_every == 0:
             torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state()},
                        out / "last.pt")
-    torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state()}, out / "last.pt")
+    torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state()},
+               out / "last.pt")
     save_checkpoint(out / "vq.pt", vq, meta={"kind": "vq", "config": cfg.to_dict(), "steps": step}, half=True)
 
 

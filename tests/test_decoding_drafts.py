@@ -63,8 +63,17 @@ def test_neighbour_lists_are_cached_per_model_and_sliced():
     assert torch.equal(b, a[:, :3])
     other = random_tiny_model(vocab=16, grid=2, seed=3)
     assert not torch.equal(nb.neighbour_lists(other, "vq", 5, False), a)
+    raw = nb.neighbour_lists(model, "raw", 3, False)  # the un-normalised codebook, LANTERN's official space
+    raw_table = model.raw_codebook_embeddings()
+    brute = torch.cdist(raw_table, raw_table).fill_diagonal_(float("inf")).topk(3, largest=False).indices
+    assert torch.equal(raw.long(), brute)
+
+    class NoRaw:
+        info = model.info
+        codebook_embeddings = model.codebook_embeddings
+
     with pytest.raises(ValueError, match="raw_codebook_embeddings"):
-        nb.neighbour_lists(model, "raw", 3, False)
+        nb.neighbour_lists(NoRaw(), "raw", 3, False)
 
 
 def test_distance_quantile_matches_the_pairwise_distribution():
