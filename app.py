@@ -151,6 +151,17 @@ def _as_int(value, name: str, low: int, high: int | None = None) -> int:
     return v
 
 
+def _blank_or_int(value, name: str, low: int, high: int) -> int | None:
+    """A text box for an optional whole number: blank -> None."""
+    if value is None or not str(value).strip():
+        return None
+    try:
+        number = float(value)
+    except ValueError as e:
+        raise gr.Error(f"{name} must be a whole number or blank, got {value!r}.") from e
+    return _as_int(number, name, low, high)
+
+
 def parse_sampling(cfg: float, temperature: float, top_k: float, top_p: float) -> SamplingSettings:
     try:
         return SamplingSettings(float(cfg), float(temperature), int(top_k or 0), float(top_p))
@@ -358,8 +369,8 @@ def pick_from_image(session: dict | None, evt: gr.SelectData):
     text = (f"Picked position {pos} (row {row}, col {col}): token **{trace.tokens[pos]}**, "
             f"{trace.commit_kind[pos]} at pass {trace.commit_step[pos]}, p = {trace.commit_p[pos]:.3f}"
             + ("" if np.isnan(table.q[pos]) else f", q(draft) = {table.q[pos]:.3f}")
-            + ". Open the Codebook tab to see its neighbours.")
-    return trace.tokens[pos], text
+            + ". Open the Codebook tab to see its neighbours and groups.")
+    return trace.tokens[pos], str(pos), text
 
 
 def run_compare(model_name: str, decoders: list[str], settings_json: str, label, seed, cfg: float,
@@ -382,7 +393,9 @@ def run_compare(model_name: str, decoders: list[str], settings_json: str, label,
             steps.depth_figure({t.decoder: [t] for t in traces}), pd.DataFrame(rows), session)
 
 
-def explore_codebook(model_name: str, space: str, colour_by: str, code, k, session: dict | None):
+def explore_codebook(model_name: str, space: str, colour_by: str, code, k, position: str, session: dict | None):
+    """The projection coloured by this session's traces, the code's nearest codes and, from the current
+    trace, the groups it formed or joined (and the group at a grid position), with decoded patches."""
     model = get_model(model_name)
     vocab = model.info.vocab_size
     code = _as_int(code, "token id", 0, vocab - 1)
@@ -391,13 +404,24 @@ def explore_codebook(model_name: str, space: str, colour_by: str, code, k, sessi
     xy, method = PROJECTIONS.get(model_name, space, emb)
     traces = [t for t in (session or {}).get("traces", []) if t.model == model_name]
     stats = codebook.code_stats(traces, vocab) if traces else None
-    ids, dist = codebook.nearest_codes(emb, code, k)
-    fig = codebook.codebook_figure(xy, stats, colour_by, code, ids, method, space)
-    gallery = [(upscale(code_patch(model_name, c), 112), f"{c}" + ("" if i == 0 else f" · d={d:.2f}"))
-               for i, (c, d) in enumerate([(code, 0.0)] + list(zip(ids.tolist(), dist.tolist())))]
+    current = (session or {}).get("last", (None, None))[0]
+    current = current if current is not None and current.model == model_name else None
+    pos = _blank_or_int(position, "grid position", 0, model.info.num_tokens - 1)
+    if pos is not None and current is None:
+        raise gr.Error("A grid position needs a trace of this model: generate an image or upload a trace first.")
+    try:
+        highlight = codebook.code_highlight(emb, code, k, current, pos)
+    except ValueError as e:
+        raise gr.Error(f"Codebook: {e}") from e
+    fig = codebook.codebook_figure(xy, stats, colour_by, highlight, method, space)
+    gallery = [(upscale(code_patch(model_name, c), 112), caption) for c, caption in highlight.gallery()]
     summary = codebook.code_summary(stats, code) if stats else {"code": code, "note": "no traces yet in this session"}
+    summary |= highlight.summary()
+    groups = ("no trace yet, so no groups" if current is None else
+              f"groups from the current trace ({current.decoder}, class {current.class_name}, seed {current.seed})"
+              + ("" if highlight.groups_recorded else ": it records none"))
     status = (f"Projection: {PROJECTIONS.status(model_name, space)} · statistics from {len(traces)} trace(s) of "
-              f"this session.")
+              f"this session · {groups}.")
     return fig, gallery, summary, status
 
 
@@ -624,14 +648,22 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
                 with gr.Row():
                     code_nb = gr.Number(0, label="token id (or click a token on the Generate tab's image)",
                                         precision=0, minimum=0)
+                    cb_pos = gr.Textbox("", label="grid position (blank = none)", placeholder="e.g. 37",
+                                        info="the group verified there, in the current trace")
                     k_sl = gr.Slider(0, 32, value=8, step=1, label="nearest codes shown")
                     cb_btn = gr.Button("Show", variant="primary", scale=0)
                 cb_status = gr.Markdown()
                 cb_plot = gr.Plot(label="codebook")
-                cb_defs = define("projection", "usage", "code_acceptance", "code_relaxed", "neighbourhood")
+                cb_defs = define("projection", "usage", "code_acceptance", "code_relaxed", "neighbourhood",
+                                 "trace_groups")
                 gr.Markdown(f"<small>\n\n{cb_defs}\n\n</small>")
-                cb_gallery = gr.Gallery(label="picked code, then its nearest codes (id · L2 distance), each tiled "
-                                              "over the grid and decoded", columns=9, height=200, object_fit="contain")
+                marks = codebook.HIGHLIGHT_MARKS
+                gr.Markdown(f"<small>Decoded codes below, marked as in the plot: {marks['picked']} picked · "
+                            f"{marks['neighbours']} nearest (d = L2 distance) · {marks['as_draft']} in its groups · "
+                            f"{marks['as_member']} in groups it joined · {marks['position']} in the position's "
+                            "group</small>")
+                cb_gallery = gr.Gallery(label="decoded codes, each tiled over the grid", columns=9, height=260,
+                                        object_fit="contain")
                 cb_summary = gr.JSON(label="what this session's traces say about the code")
 
             with gr.Tab("Sweep", id="sweep"):
@@ -675,13 +707,13 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
         upload.upload(load_trace_file, [upload, view_radio, overlay_cb, session],
                       [image_out, card, session, maps_plot, len_plot, depth_plot, replay_plot, amb_plot, amb_map],
                       api_name="view_trace")
-        image_out.select(pick_from_image, session, [code_nb, picked_md], api_visibility="private")
+        image_out.select(pick_from_image, session, [code_nb, cb_pos, picked_md], api_visibility="private")
         png_btn.click(lambda s: _summary_png(s), session, png_file, api_name="summary_png")
         cmp_btn.click(collect_settings, [decoder_dd, *param_widgets], settings_tb, queue=False,
                       api_visibility="private").then(
             run_compare, [model_dd, cmp_dec, settings_tb, class_dd, seed_nb, *sampling_in, session],
             [cmp_images, cmp_speed, cmp_depth, cmp_table, session], api_name="compare", concurrency_id="model")
-        cb_btn.click(explore_codebook, [model_dd, space_radio, colour_radio, code_nb, k_sl, session],
+        cb_btn.click(explore_codebook, [model_dd, space_radio, colour_radio, code_nb, k_sl, cb_pos, session],
                      [cb_plot, cb_gallery, cb_summary, cb_status], api_name="codebook", concurrency_id="model")
         sw_dec.change(sweep_parameters, sw_dec, sw_param, queue=False, api_visibility="private")
         sw_btn.click(collect_settings, [sw_dec, *param_widgets], settings_tb, queue=False,

@@ -1,5 +1,6 @@
 """The codebook explorer: 2-D projections of an embedding table (cached on disk), per-code
-statistics from traces, nearest codes of a picked code, and the figure.
+statistics from traces, what to highlight for a picked code (its nearest codes, the groups it
+formed or joined in a trace, the group at a picked grid position), and the figure.
 
 Embeddings come in as plain arrays (app.py reads them from the model); nothing here calls a model.
 Two spaces: "vq" = the VQ codebook as the image decoder uses it (LANTERN's space), "gpt" = the
@@ -10,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,14 @@ from decoding.trace import Trace
 
 SPACES = {"vq": "VQ codebook (LANTERN's space)", "gpt": "GPT input embeddings (GSD's space)"}
 COLOUR_BY = {"usage": "times committed", "acceptance": "draft acceptance rate", "relaxed": "relaxed acceptances"}
+# What a trace's `group_members` are, by decoder: GSD's group G, LANTERN's moved set A plus the draft.
+GROUP_NOUNS = {"gsd": "GSD group", "lantern": "LANTERN moved set"}
+# Highlight layers, Okabe-Ito colours told apart by symbol too (greyscale, colour-vision deficiencies);
+# the position's group is a shaded disk under the outlines, as it usually repeats one of the other sets.
+HIGHLIGHT_STYLE = {"neighbours": ("circle-open", 13, "#D55E00"), "as_draft": ("diamond-open", 17, "#0072B2"),
+                   "as_member": ("square-open", 17, "#009E73"), "position": ("circle", 26, "rgba(204,121,167,0.45)")}
+# The same shapes as text, for gallery captions: the gallery reads like the plot's legend.
+HIGHLIGHT_MARKS = {"picked": "★", "neighbours": "○", "as_draft": "◇", "as_member": "□", "position": "●"}
 
 
 # -- projections -------------------------------------------------------------------------------
@@ -201,6 +210,91 @@ def nearest_codes(embeddings: np.ndarray, code: int, k: int) -> tuple[np.ndarray
     return idx, d[idx]
 
 
+# -- highlight of one code ------------------------------------------------------------------------
+@dataclass
+class CodeHighlight:
+    """A picked code: its nearest codes in one space and, from one trace, the groups it took part in.
+
+    A group is a trace's `group_members` of one verified draft (the draft included). Sets are unions
+    over the trace's verifications, the picked code itself excluded, ascending ids."""
+
+    code: int
+    neighbours: np.ndarray  # [k] nearest codes in the chosen space, nearest first (LANTERN's B_k, code excluded)
+    distances: np.ndarray  # [k] their L2 distances
+    groups_recorded: bool = False  # the trace records groups (decoders with a relaxation, newer traces)
+    noun: str = "group"  # what a group is in the trace's decoder ("GSD group", "LANTERN moved set")
+    as_draft: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # codes of the groups it formed
+    as_member: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # codes of groups it joined
+    n_as_draft: int = 0  # verifications of the code as the draft, with a group recorded
+    n_as_member: int = 0  # verifications of another draft whose group held the code
+    position: int | None = None  # a picked grid position of the trace
+    position_draft: int | None = None  # the draft verified there by the pass that committed it (None: no draft)
+    position_kind: str | None = None  # how the position was committed (COMMIT_KINDS): "resampled" = draft rejected
+    position_group: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # its group
+
+    def gallery(self, limit: int = 48) -> list[tuple[int, str]]:
+        """(code, caption) for a patch gallery: the code, its nearest codes, then codes of its groups, of
+        the groups it joined and of the position's group not shown yet; at most `limit`. Captions carry
+        the plot's marks (HIGHLIGHT_MARKS), e.g. '40 ○ d=0.65 ◇': nearest, at L2 distance 0.65, in its groups."""
+        marks = HIGHLIGHT_MARKS
+        roles: dict[int, list[str]] = {self.code: [marks["picked"]]}
+        for c, d in zip(self.neighbours.tolist(), self.distances.tolist()):
+            roles.setdefault(c, []).append(f"{marks['neighbours']} d={d:.2f}")
+        for mark, codes in ((marks["as_draft"], self.as_draft), (marks["as_member"], self.as_member),
+                            (marks["position"], self.position_group)):
+            for c in codes.tolist():
+                if mark not in roles.setdefault(c, []):
+                    roles[c].append(mark)
+        return [(c, " ".join([str(c), *r])) for c, r in list(roles.items())[:limit]]
+
+    def summary(self) -> dict:
+        """The highlight as plain numbers (the app's JSON panel)."""
+        out = {"nearest codes": self.neighbours.tolist()}
+        if self.groups_recorded:
+            out |= {f"{self.noun}s formed as the draft": self.n_as_draft, "codes in them": self.as_draft.tolist(),
+                    f"{self.noun}s of other drafts it was in": self.n_as_member,
+                    "codes in those": self.as_member.tolist()}
+        if self.position is not None:
+            out["position"] = {"position": self.position, "committed as": self.position_kind,
+                               "draft": self.position_draft, "group": self.position_group.tolist()}
+        return out
+
+
+def code_highlight(embeddings: np.ndarray, code: int, k: int, trace: Trace | None = None,
+                   position: int | None = None) -> CodeHighlight:
+    """The k codes nearest to `code` in `embeddings` and, when a trace is given, the groups its
+    verifications recorded with `code` as the draft or as a member, and the group verified at
+    `position` (in the pass that committed it)."""
+    ids, dist = nearest_codes(embeddings, code, k)
+    h = CodeHighlight(int(code), ids, dist)
+    if trace is None:
+        if position is not None:
+            raise ValueError("a grid position needs a trace")
+        return h
+    if trace.vocab_size != len(embeddings):
+        raise ValueError(f"trace of vocabulary {trace.vocab_size} for an embedding table of {len(embeddings)} codes")
+    if position is not None and not 0 <= position < trace.num_tokens:
+        raise ValueError(f"position must be in [0, {trace.num_tokens - 1}], got {position}")
+    h.noun, h.position = GROUP_NOUNS.get(trace.decoder, "group"), position
+    h.groups_recorded = any(s.group_members for s in trace.steps)
+    as_draft, as_member = set(), set()
+    for s in trace.steps:
+        for pos, draft, members in zip(s.positions, s.draft_tokens, s.group_members or [[]] * len(s.positions)):
+            if draft == code and members:
+                as_draft.update(members)
+                h.n_as_draft += 1
+            elif code in members:
+                as_member.update(members)
+                h.n_as_member += 1
+            if pos == position and trace.commit_step[pos] == s.index:
+                h.position_draft, h.position_group = draft, np.asarray(members, dtype=np.int64)
+    if position is not None:
+        h.position_kind = trace.commit_kind[position]
+    h.as_draft = np.asarray(sorted(as_draft - {code}), dtype=np.int64)
+    h.as_member = np.asarray(sorted(as_member - {code}), dtype=np.int64)
+    return h
+
+
 # -- figure --------------------------------------------------------------------------------------
 def _colour_values(stats: CodeStats | None, colour_by: str, vocab: int) -> np.ndarray:
     if stats is None:
@@ -215,10 +309,8 @@ def _colour_values(stats: CodeStats | None, colour_by: str, vocab: int) -> np.nd
 
 
 def codebook_figure(xy: np.ndarray, stats: CodeStats | None = None, colour_by: str = "usage",
-                    picked: int | None = None, neighbours: Sequence[int] = (), method: str = "pca",
-                    space: str = "vq") -> go.Figure:
-    """Every code as a point; codes with no statistic in grey; the picked code and its nearest codes
-    highlighted."""
+                    highlight: CodeHighlight | None = None, method: str = "pca", space: str = "vq") -> go.Figure:
+    """Every code as a point; codes with no statistic in grey; a picked code's highlight on top."""
     vocab = len(xy)
     values = _colour_values(stats, colour_by, vocab)
     has = ~np.isnan(values)
@@ -235,20 +327,44 @@ def codebook_figure(xy: np.ndarray, stats: CodeStats | None = None, colour_by: s
                               hovertemplate=f"code %{{customdata[0]}}<br>{label} %{{customdata[1]:.3g}}<extra></extra>",
                               marker=dict(size=size + 1, color=values[has], colorscale=SEQUENTIAL, showscale=True,
                                           colorbar=dict(title=dict(text=label, side="right"), thickness=14))))
-    if len(neighbours):
-        nb = np.asarray(neighbours)
-        fig.add_trace(go.Scatter(x=xy[nb, 0], y=xy[nb, 1], mode="markers+text", name="nearest codes",
-                                 text=[str(i) for i in nb], textposition="top center", customdata=nb,
-                                 hovertemplate="neighbour %{customdata}<extra></extra>",
-                                 marker=dict(size=13, color="rgba(0,0,0,0)", line=dict(color="#D55E00", width=2.5))))
-    if picked is not None:
-        fig.add_trace(go.Scatter(x=[xy[picked, 0]], y=[xy[picked, 1]], mode="markers", name=f"code {picked}",
-                                 marker=dict(symbol="star", size=20, color="#D55E00", line_color="black", line_width=1),
-                                 hovertemplate=f"picked code {picked}<extra></extra>"))
+    if highlight is not None:
+        _add_highlight(fig, xy, highlight)
     fig.update_xaxes(title_text=f"{method.upper()} 1", showticklabels=False, zeroline=False)
     fig.update_yaxes(title_text=f"{method.upper()} 2", showticklabels=False, zeroline=False, scaleanchor="x")
     fig.update_layout(legend=dict(orientation="h", y=-0.12))
     return finish(fig, f"{SPACES.get(space, space)} · {vocab} codes · {method.upper()}", height=560)
+
+
+def _highlight_layers(h: CodeHighlight) -> list[tuple[str, np.ndarray, str]]:
+    """(style key, codes, legend name), drawn bottom to top; empty layers left out."""
+    c, noun = h.code, h.noun
+    verdict = {"draft": "accepted", "relaxed": "accepted by the relaxation"}.get(h.position_kind, "rejected")
+    layers = [("position", h.position_group, f"{noun} of draft {h.position_draft} at position {h.position} "
+                                             f"({verdict}; {_count(len(h.position_group), 'code')})"),
+              ("as_member", h.as_member, f"codes of the {_count(h.n_as_member, noun)} of other drafts that held {c}"),
+              ("as_draft", h.as_draft, f"codes of the {_count(h.n_as_draft, noun)} {c} formed as the draft"),
+              ("neighbours", h.neighbours, f"{len(h.neighbours)} nearest codes to {c} (LANTERN's neighbourhood)")]
+    return [(key, np.asarray(codes), name) for key, codes, name in layers if len(codes)]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _add_highlight(fig: go.Figure, xy: np.ndarray, h: CodeHighlight) -> None:
+    for key, codes, name in _highlight_layers(h):
+        symbol, size, colour = HIGHLIGHT_STYLE[key]
+        labelled = key == "neighbours"  # ids as text on the nearest codes only: the groups would clutter
+        ids = codes.tolist()  # plain lists: readable JSON for API clients
+        fig.add_trace(go.Scatter(x=xy[codes, 0], y=xy[codes, 1], mode="markers+text" if labelled else "markers",
+                                 name=name, customdata=ids, text=[str(i) for i in ids] if labelled else None,
+                                 textposition="top center", textfont=dict(color=colour),
+                                 hovertemplate=f"code %{{customdata}}<br>{name}<extra></extra>",
+                                 marker=dict(symbol=symbol, size=size, color=colour,
+                                             line_width=0 if key == "position" else 2.5)))
+    fig.add_trace(go.Scatter(x=[xy[h.code, 0]], y=[xy[h.code, 1]], mode="markers", name=f"code {h.code} (picked)",
+                             marker=dict(symbol="star", size=20, color="#D55E00", line_color="black", line_width=1),
+                             hovertemplate=f"picked code {h.code}<extra></extra>"))
 
 
 def patch_strip(images: Sequence[np.ndarray], scale: int = 4, gap: int = 2) -> np.ndarray:

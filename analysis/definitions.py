@@ -23,8 +23,9 @@ DEFINITIONS: dict[str, str] = {
                    "bonus (drawn from the target with no draft left; every token of plain AR).",
     "accept_prob": "Acceptance probability = the probability with which the rule accepted the draft verified "
                    "at that position in the pass that committed it (blank where no draft was verified).",
-    "group_size": "Group size = LANTERN's neighbourhood |A| (codes whose mass moved onto the draft) or GSD's "
-                  "group |G| (the draft included) at the committing verification; 0 when the rule has none.",
+    "group_size": "Group size = the codes whose target mass counted for the draft, the draft included: LANTERN's "
+                  "1 + |A| (A = neighbours whose mass moved onto it) or GSD's |G|, at the committing verification; "
+                  "0 when the rule has none.",
     "p_q": "p = target probability of a token, q = draft probability of the draft token.",
     "top1": "Top-1 probability = the target's largest probability at a position (after CFG, temperature, "
             "top-k/top-p), when its token was committed.",
@@ -42,6 +43,11 @@ DEFINITIONS: dict[str, str] = {
     "neighbourhood": "Nearest codes = the k codes closest to the picked code in the chosen embedding space "
                      "(L2), LANTERN's B_k; LANTERN moves onto a draft the mass of the largest prefix of them whose "
                      "total target mass is at most delta.",
+    "trace_groups": "Groups (from the current trace) = per verified draft, the codes whose target mass counted "
+                    "for it, the draft included: GSD's group G (the tokens ranked around the draft that passed "
+                    "both filters) or LANTERN's moved set A. Highlighted: the codes of the groups the picked code "
+                    "formed as the draft, of the other drafts' groups that held it, and of the group verified at "
+                    "the picked grid position.",
     "class_consistency": "Class consistency = share of samples that the shipped Fashion-MNIST classifier assigns "
                          "to the class they were generated for.",
     "replay": "Replay: one frame per forward pass. Coloured = committed in this pass (by kind), grey = committed "

@@ -88,9 +88,11 @@ class TraceRecorder:
     def record_drafts(step: StepRecord, positions: torch.Tensor, drafts: torch.Tensor, p: torch.Tensor,
                       q_of_draft: torch.Tensor, accept_prob: torch.Tensor, accepted: torch.Tensor,
                       relaxed: torch.Tensor | None = None, group_size: torch.Tensor | None = None,
-                      stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                      stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      group_members: torch.Tensor | None = None) -> None:
         """All arguments aligned over the verified drafts; p: [K, V] target distributions there;
-        stats: (top-1 probability, entropy) of p if already computed (at least K rows)."""
+        stats: (top-1 probability, entropy) of p if already computed (at least K rows);
+        group_members: [K, G] token ids of each draft's group, -1 padding (None or G = 0: no groups)."""
         k = len(positions)
         top1, ent = (stats[0][:k], stats[1][:k]) if stats is not None else top1_and_entropy(p)
         step.positions = positions.tolist()
@@ -103,6 +105,8 @@ class TraceRecorder:
         step.accepted = accepted.tolist()
         step.relaxed = relaxed.tolist() if relaxed is not None else [False] * k
         step.group_size = group_size.tolist() if group_size is not None else [0] * k
+        if group_members is not None and group_members.shape[1] > 0:
+            step.group_members = [[m for m in row if m >= 0] for row in group_members.tolist()]  # one .tolist()
 
     def commit(self, step: StepRecord, positions: torch.Tensor, tokens: torch.Tensor, kinds: list[str],
                p: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:

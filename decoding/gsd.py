@@ -27,7 +27,7 @@ import torch
 
 from decoding.base import ModelLike
 from decoding.neighbours import distance_quantile, embedding_table
-from decoding.rules.gsd import grouped_acceptance, gsd_group
+from decoding.rules.gsd import group_member_ids, grouped_acceptance, gsd_group
 from decoding.speculative_jacobi import SpeculativeJacobi
 
 EMBEDDING_SPACES = ("gpt", "vq")
@@ -80,4 +80,5 @@ class GSDDecoder(SpeculativeJacobi):
                    ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings, threshold = ctx
         members, in_group = gsd_group(p, drafts, self.group_size, self.prob_filter, embeddings, threshold)
-        return grouped_acceptance(p, q, members, in_group)
+        ratio, _ = grouped_acceptance(p, q, members, in_group)
+        return ratio, group_member_ids(members, in_group)

@@ -28,7 +28,7 @@ import torch
 from decoding.base import ModelLike
 from decoding.neighbours import neighbour_lists
 from decoding.rules.exact import acceptance_ratio
-from decoding.rules.lantern import lantern_relaxed_probability, lantern_target
+from decoding.rules.lantern import lantern_members, lantern_relaxed_probability, lantern_target
 from decoding.speculative_jacobi import SpeculativeJacobi
 
 CODEBOOK_SPACES = ("vq", "raw")
@@ -71,7 +71,8 @@ class LanternDecoder(SpeculativeJacobi):
                    ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
         neighbours = ctx[drafts].long()  # [D, k - 1]
         p_relaxed, n_moved, _ = lantern_relaxed_probability(p, drafts, neighbours, self.delta, self.ratio_bound)
-        return acceptance_ratio(p_relaxed, q.gather(1, drafts[:, None])[:, 0]), n_moved + 1
+        ratio = acceptance_ratio(p_relaxed, q.gather(1, drafts[:, None])[:, 0])  # [D]
+        return ratio, lantern_members(drafts, neighbours, n_moved)  # [D], [D, k]: {x} + A(x), -1 padding
 
     def residual_target(self, p: torch.Tensor, drafts: torch.Tensor, ctx: Any) -> torch.Tensor:
         neighbours = ctx[drafts].long()  # [1, k - 1]

@@ -47,6 +47,7 @@ class Verdict:
     group_size: torch.Tensor  # [D] long: LANTERN neighbourhood / GSD group used; 0 if none
     q_draft: torch.Tensor  # [D] q(draft)
     uniform: torch.Tensor | None = None  # [D] the uniforms drawn, if any
+    group_members: torch.Tensor | None = None  # [D, G] token ids of each draft's group, -1 padding; None: no groups
 
 
 @dataclass
@@ -77,8 +78,11 @@ class SpeculativeJacobi(Decoder):
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
                    ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(acceptance probability [D], group size [D]); the exact rule min(1, p(x) / q(x))."""
-        return exact_acceptance(p, q, drafts), torch.zeros(len(drafts), dtype=torch.long)
+        """(acceptance probability [D], group members [D, G]); the exact rule min(1, p(x) / q(x)).
+
+        Group members: per draft, the token ids whose target mass counted for it (LANTERN's {x} + A,
+        GSD's G), the draft included, -1 padding; G = 0 for a rule without groups (group size 0)."""
+        return exact_acceptance(p, q, drafts), torch.empty(len(drafts), 0, dtype=torch.long)
 
     def residual_target(self, p: torch.Tensor, drafts: torch.Tensor, ctx: Any) -> torch.Tensor:
         """The target [1, V] whose residual against q a rejected draft is replaced from."""
@@ -94,11 +98,15 @@ class SpeculativeJacobi(Decoder):
     def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor,
                gen: torch.Generator, ctx: Any) -> Verdict:
         """p, q: [D, V]; drafts, y: [D]. Accept each draft iff u < acceptance probability."""
-        prob, group_size = self.acceptance(p, q, drafts, ctx)  # [D], [D]
+        prob, members = self.acceptance(p, q, drafts, ctx)  # [D], [D, G]
+        if members.dim() != 2 or len(members) != len(drafts):
+            raise ValueError(f"acceptance() must return (probability [D], group members [D, G] with -1 padding) "
+                             f"for D={len(drafts)} drafts; got members of shape {tuple(members.shape)}")
         u = torch.rand(len(drafts), generator=gen)  # [D]
         accepted = u < prob
         relaxed = accepted & (u >= exact_acceptance(p, q, drafts))
-        return Verdict(prob, accepted, relaxed, group_size, q.gather(1, drafts[:, None])[:, 0], u)
+        return Verdict(prob, accepted, relaxed, (members >= 0).sum(1), q.gather(1, drafts[:, None])[:, 0], u,
+                       members)
 
     def replacement(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor, r: int,
                     gen: torch.Generator, ctx: Any) -> torch.Tensor:
@@ -177,9 +185,10 @@ def _record(recorder: TraceRecorder, step: StepRecord, start: int, drafts: torch
     stats = top1_and_entropy(p[:max(verified, len(committed))])  # once for both records
     in_prefix = torch.arange(verified) < r  # accepted and committed
     relaxed = verdict.relaxed[:verified] & in_prefix
+    members = verdict.group_members[:verified] if verdict.group_members is not None else None
     recorder.record_drafts(step, torch.arange(start + 1, start + 1 + verified), drafts[:verified], p[:verified],
                            verdict.q_draft[:verified], verdict.accept_prob[:verified], in_prefix, relaxed,
-                           verdict.group_size[:verified], stats)
+                           verdict.group_size[:verified], stats, members)
     kinds = ["relaxed" if rel else "draft" for rel in relaxed[:r].tolist()]
     kinds += [last_kind] if len(committed) > r else []
     positions = torch.arange(start + 1, start + 1 + len(committed))

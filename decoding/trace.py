@@ -45,6 +45,10 @@ class StepRecord:
     accepted: list[bool] = field(default_factory=list)
     relaxed: list[bool] = field(default_factory=list)  # accepted, but the exact rule alone might not have
     group_size: list[int] = field(default_factory=list)  # LANTERN neighbourhood / GSD group size; 0 if none
+    # token ids whose target mass counted for the draft, the draft included: GSD's group after both
+    # filters, LANTERN's moved neighbours. Empty (not one list per draft) for rules without groups
+    # and in traces written before the field existed.
+    group_members: list[list[int]] = field(default_factory=list)
     committed_positions: list[int] = field(default_factory=list)
     committed_tokens: list[int] = field(default_factory=list)
     committed_kinds: list[str] = field(default_factory=list)
@@ -137,8 +141,11 @@ class Trace:
                 raise ValueError(f"step {i} has index {s.index}")
             lengths = {len(getattr(s, f)) for f in ("positions", "draft_tokens", "p_draft", "q_draft", "top1_prob",
                                                      "entropy", "accept_prob", "accepted", "relaxed", "group_size")}
+            if s.group_members:
+                lengths.add(len(s.group_members))
             if len(lengths) > 1:
                 raise ValueError(f"step {i}: per-draft lists have different lengths {sorted(lengths)}")
+            self._validate_groups(s)
             if len({len(s.committed_positions), len(s.committed_tokens), len(s.committed_kinds)}) > 1:
                 raise ValueError(f"step {i}: committed lists have different lengths")
             for pos, tok, kind in zip(s.committed_positions, s.committed_tokens, s.committed_kinds):
@@ -154,6 +161,13 @@ class Trace:
             raise ValueError(f"positions committed other than exactly once: {bad[:10]} ({len(bad)} in all)")
         if any(not 0 <= t < self.vocab_size for t in self.tokens):
             raise ValueError("token ids outside the vocabulary")
+
+    @staticmethod
+    def _validate_groups(s: StepRecord) -> None:
+        for j, (draft, size, members) in enumerate(zip(s.draft_tokens, s.group_size, s.group_members)):
+            if len(members) != size or (members and draft not in members):
+                raise ValueError(f"step {s.index}, draft {j}: group_members {members[:10]} should hold the draft "
+                                 f"{draft} and group_size={size} codes")
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -183,13 +183,65 @@ def test_nearest_codes_match_brute_force():
         codebook.nearest_codes(emb, 200, 5)
 
 
+def grouped_trace() -> Trace:
+    """tiny_trace as GSD would record it: drafts 6, 7, 8 at positions 1, 2, 3 with groups {6, 3},
+    {7, 6, 2} and {8}; 8 is rejected and 9 resampled at position 3."""
+    t = tiny_trace()
+    t.decoder = "gsd"
+    t.steps[1].group_size, t.steps[1].group_members = [2, 3, 1], [[6, 3], [7, 6, 2], [8]]
+    t.validate()
+    return t
+
+
+def test_code_highlight_collects_the_groups_a_code_formed_and_joined():
+    emb = np.stack([np.arange(10) ** 1.5, np.zeros(10)], 1)  # on a line, unequal gaps: no distance ties
+    h = codebook.code_highlight(emb, 6, 2, grouped_trace(), position=2)
+    assert h.neighbours.tolist() == [5, 7] and h.noun == "GSD group"
+    assert h.as_draft.tolist() == [3] and h.n_as_draft == 1  # its own group, itself excluded
+    assert h.as_member.tolist() == [2, 7] and h.n_as_member == 1  # the group of draft 7 held 6
+    assert h.position_draft == 7 and h.position_group.tolist() == [7, 6, 2]
+    assert h.gallery() == [(6, "6 ★ ●"), (5, "5 ○ d=3.52"), (7, "7 ○ d=3.82 □ ●"), (3, "3 ◇"), (2, "2 □ ●")]
+    assert h.summary()["GSD groups formed as the draft"] == 1 and h.summary()["position"]["group"] == [7, 6, 2]
+    rejected = codebook.code_highlight(emb, 9, 1, grouped_trace(), position=3)  # 9 was resampled over draft 8
+    assert rejected.position_draft == 8 and rejected.position_group.tolist() == [8] and rejected.n_as_draft == 0
+    assert rejected.summary()["position"]["committed as"] == "resampled"
+    prefill = codebook.code_highlight(emb, 5, 1, grouped_trace(), position=0)
+    assert prefill.position_draft is None and len(prefill.position_group) == 0
+    plain = codebook.code_highlight(emb, 6, 3, tiny_trace())  # a trace written without groups
+    assert plain.n_as_draft == plain.n_as_member == 0 and list(plain.summary()) == ["nearest codes"]
+    with pytest.raises(ValueError, match="needs a trace"):
+        codebook.code_highlight(emb, 6, 2, None, position=1)
+    with pytest.raises(ValueError, match=r"position must be in \[0, 3\]"):
+        codebook.code_highlight(emb, 6, 2, grouped_trace(), position=4)
+    with pytest.raises(ValueError, match="vocabulary 10 for an embedding table of 12"):
+        codebook.code_highlight(np.zeros((12, 2)), 6, 2, grouped_trace())
+
+
+def test_codebook_figure_draws_each_highlight_with_a_legend_entry():
+    emb = np.stack([np.arange(10) ** 1.5, np.zeros(10)], 1)
+    h = codebook.code_highlight(emb, 6, 2, grouped_trace(), position=2)
+    fig = codebook.codebook_figure(codebook.pca_2d(emb + np.eye(10)[:, :2]), None, highlight=h)
+    layers = {d.name: d for d in fig.data}
+    assert list(layers)[-1] == "code 6 (picked)"  # on top
+    assert list(layers["codes of the 1 GSD group 6 formed as the draft"].customdata) == [3]
+    assert list(layers["codes of the 1 GSD group of other drafts that held 6"].customdata) == [2, 7]
+    assert list(layers["GSD group of draft 7 at position 2 (accepted by the relaxation; 3 codes)"].customdata) == [
+        7, 6, 2]
+    assert list(layers["2 nearest codes to 6 (LANTERN's neighbourhood)"].customdata) == [5, 7]
+    symbols = {layers[n].marker.symbol for n in layers if n != "no data yet"}
+    assert len(symbols) == 5  # told apart by shape, not colour alone
+    alone = codebook.codebook_figure(codebook.pca_2d(emb + np.eye(10)[:, :2]), None,
+                                     highlight=codebook.code_highlight(emb, 6, 0))
+    assert [d.name for d in alone.data] == ["no data yet", "code 6 (picked)"]  # empty layers left out
+
+
 @pytest.mark.parametrize("colour_by", list(codebook.COLOUR_BY))
 def test_codebook_figure_colours_only_codes_with_data(colour_by, traces):
-    xy = codebook.pca_2d(np.random.default_rng(3).normal(size=(32, 4)))
+    emb = np.random.default_rng(3).normal(size=(32, 4))
     stats = codebook.code_stats(traces, 32)
-    fig = codebook.codebook_figure(xy, stats, colour_by, picked=3, neighbours=[4, 5])
+    fig = codebook.codebook_figure(codebook.pca_2d(emb), stats, colour_by, codebook.code_highlight(emb, 3, 2))
     names = [d.name for d in fig.data]
-    assert "nearest codes" in names and "code 3" in names
+    assert "2 nearest codes to 3 (LANTERN's neighbourhood)" in names and "code 3 (picked)" in names
     grey = fig.data[0]
     assert grey.name == "no data yet" and len(grey.x) + (len(fig.data[1].x) if len(names) == 4 else 0) == 32
 

@@ -119,13 +119,33 @@ def test_compare_runs_each_decoder_on_one_seed(client):
 
 def test_codebook_shows_projection_neighbours_and_patches(client):
     generate(client)  # this session now has a trace to colour by
-    fig, gallery, summary, status = client.predict(MODEL, "vq", "acceptance", 5, 4, api_name="/codebook")
+    fig, gallery, summary, status = client.predict(MODEL, "vq", "acceptance", 5, 4, "", api_name="/codebook")
     names = [d.get("name") for d in json.loads(fig["plot"])["data"]]
-    assert "nearest codes" in names and "code 5" in names
-    assert len(gallery) == 5 and gallery[0]["caption"] == "5" and "d=" in gallery[1]["caption"]
-    assert summary["code"] == 5 and "PCA" in status or "UMAP" in status
+    assert "4 nearest codes to 5 (LANTERN's neighbourhood)" in names and "code 5 (picked)" in names
+    assert gallery[0]["caption"] == "5 ★" and "○ d=" in gallery[1]["caption"]
+    assert summary["code"] == 5 and len(summary["nearest codes"]) == 4 and ("PCA" in status or "UMAP" in status)
     with pytest.raises(Exception, match=r"token id must be in \[0, 63\]"):
-        client.predict(MODEL, "gpt", "usage", 64, 4, api_name="/codebook")
+        client.predict(MODEL, "gpt", "usage", 64, 4, "", api_name="/codebook")
+    with pytest.raises(Exception, match=r"grid position must be in \[0, 15\], got 16"):
+        client.predict(MODEL, "gpt", "usage", 5, 4, "16", api_name="/codebook")
+
+
+def test_codebook_returns_the_gsd_groups_of_a_code_and_of_a_position(client):
+    settings = {"window": 6, "group_size": 14, "prob_filter": None, "distance_threshold": None}
+    trace = Trace.load(generate(client, "gsd", settings, seed=4)[2])
+    step, i = next((s, i) for s in trace.steps for i, pos in enumerate(s.positions)
+                   if len(s.group_members[i]) > 1 and trace.commit_step[pos] == s.index)
+    code, pos = step.draft_tokens[i], step.positions[i]
+    formed = {m for s in trace.steps for d, g in zip(s.draft_tokens, s.group_members) if d == code for m in g}
+    fig, gallery, summary, status = client.predict(MODEL, "gpt", "usage", code, 2, str(pos), api_name="/codebook")
+    assert summary["codes in them"] == sorted(formed - {code})
+    assert summary["position"] == {"position": pos, "committed as": trace.commit_kind[pos], "draft": code,
+                                   "group": step.group_members[i]}
+    layers = {d.get("name"): d for d in json.loads(fig["plot"])["data"]}
+    drawn = next(d for n, d in layers.items() if n.endswith(f"{code} formed as the draft"))
+    assert sorted(drawn["customdata"]) == sorted(formed - {code})
+    shown = {int(g["caption"].split()[0]) for g in gallery}
+    assert shown >= formed and "groups from the current trace (gsd" in status  # every member's patch is shown
 
 
 def test_small_sweep_and_a_too_large_one(client):

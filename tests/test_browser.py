@@ -73,6 +73,16 @@ def test_generation_renders_image_and_maps(page, shots):
     assert (shots / "generate.png").stat().st_size > 10_000
 
 
+def test_codebook_tab_highlights_the_picked_code(page, shots):
+    page.get_by_role("tab", name="Codebook").click()  # after the generation above: its groups are the trace's
+    page.get_by_role("button", name="Show", exact=True).click()
+    page.get_by_text("(picked)").first.wait_for(timeout=60000)
+    page.get_by_text("nearest codes to 0").first.wait_for(timeout=10000)
+    page.wait_for_function("() => document.querySelectorAll('img[src*=\"gradio_api/file=\"]').length >= 9",
+                           timeout=60000)  # the picked code and its 8 nearest, decoded
+    page.screenshot(path=str(shots / "codebook.png"), full_page=True)
+
+
 def test_about_tab_lists_the_methods(page, shots):
     page.get_by_role("tab", name="About").click()
     page.wait_for_selector("text=Speculative Jacobi Decoding")

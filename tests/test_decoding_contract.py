@@ -45,6 +45,10 @@ def check_trace(trace: Trace, n: int, decoder: Decoder) -> None:
         assert s.positions == s.committed_positions[:len(s.positions)] or not s.positions
         assert all(0.0 <= a <= 1.0 for a in s.accept_prob)
         assert s.forward_s >= 0 and s.overhead_s >= 0
+        # one group per verified draft (validate: the draft inside, group_size codes), or none at all
+        assert len(s.group_members) in (0, len(s.positions))
+        if decoder.lossless:  # the exact rule has no groups
+            assert s.group_members == [] and not any(s.group_size)
     assert trace.forward_s > 0 and trace.overhead_s >= 0 and trace.vq_decode_s > 0
 
 
@@ -79,6 +83,20 @@ def test_trace_from_json_rejects_a_broken_trace(model):
     d["steps"][1]["committed_tokens"] = d["steps"][1]["committed_tokens"][:-1]
     d["steps"][1]["committed_kinds"] = d["steps"][1]["committed_kinds"][:-1]
     with pytest.raises(ValueError, match="exactly once"):
+        Trace.from_dict(d)
+
+
+def test_traces_without_group_members_still_load_and_a_wrong_group_is_refused(model):
+    d = make_decoder("gsd", window=6).generate(model, 2, SAMPLING, seed=1, decode_image=False).trace.to_dict()
+    step = next(s for s in d["steps"] if s["positions"])
+    draft, members = step["draft_tokens"][0], step["group_members"][0]
+    old = {**d, "steps": [{k: v for k, v in s.items() if k != "group_members"} for s in d["steps"]]}
+    assert all(s.group_members == [] for s in Trace.from_dict(old).steps)  # written before the field existed
+    step["group_members"][0] = [m for m in members if m != draft] + [(draft + 1) % 64]
+    with pytest.raises(ValueError, match=f"should hold the draft {draft}"):
+        Trace.from_dict(d)
+    step["group_members"] = [members, *step["group_members"]]  # one group too many
+    with pytest.raises(ValueError, match="different lengths"):
         Trace.from_dict(d)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from decoding.registry import make_decoder
-from decoding.sampling import SamplingSettings
+from decoding.sampling import SamplingSettings, logits_to_probs
 from models.registry import load_model
 
 SETTINGS = [SamplingSettings(cfg_scale=4.0), SamplingSettings(cfg_scale=2.0, temperature=0.8, top_k=20)]
@@ -72,6 +72,69 @@ def test_gsd_trace_groups_and_relaxed_acceptances(model):
             assert all(0.0 <= a <= 1.0 for a in s.accept_prob)
         relaxed += trace.kind_counts()["relaxed"]
     assert relaxed > 0
+
+
+def recomputed_targets(model, trace, step, sampling: SamplingSettings) -> torch.Tensor:
+    """p [K, V] at a step's verified positions, from one fresh forward over the committed prefix and the
+    verified drafts (causal: row i depends only on the drafts before it), not the decoder's cached windows."""
+    start, k = step.window_start, len(step.positions)
+    model.prefill(trace.label, sampling.cfg_scale)
+    logits = model.forward_window(torch.tensor(trace.tokens[:start + 1] + step.draft_tokens), 0)  # row j: position j+1
+    return logits_to_probs(logits[start:start + k], sampling)  # [K, V]
+
+
+def test_gsd_trace_group_members_are_the_filtered_rank_window(model):
+    group_size, prob_filter, quantile, tol = 14, 0.05, 0.3, 1e-4
+    decoder = make_decoder("gsd", window=8, group_size=group_size, prob_filter=prob_filter, distance_threshold=None,
+                           distance_quantile=quantile)
+    emb = model.token_embeddings()  # [V, D], GSD's 'gpt' space
+    d2_pairs = torch.pdist(emb).square().sort().values
+    threshold = float(d2_pairs[int(quantile * len(d2_pairs))])
+    n_above, n_below = group_size - 1 - group_size // 2, group_size // 2
+    larger, filtered_out = 0, 0
+    for seed in range(3):
+        trace = decoder.generate(model, seed, SETTINGS[0], seed=seed, decode_image=False).trace
+        for s in trace.steps[1:]:
+            p = recomputed_targets(model, trace, s, SETTINGS[0])
+            assert len(s.group_members) == len(s.positions)
+            for i, (x, members) in enumerate(zip(s.draft_tokens, s.group_members)):
+                assert x in members and len(members) == s.group_size[i] == len(set(members))
+                assert abs(float(p[i, x]) - s.p_draft[i]) < 1e-5  # the recomputed target is the decoder's
+                order = torch.sort(p[i], descending=True, stable=True).indices.tolist()
+                r = order.index(x)
+                window = order[max(0, r - n_above):r + n_below + 1]
+                dp = (p[i] - p[i, x]).abs()  # [V]
+                d2 = (emb - emb[x]).square().sum(-1)  # [V]
+                for m in members:  # every member is in the rank window and passes both filters
+                    assert m in window and dp[m] < prob_filter + tol and d2[m] < threshold + tol
+                for m in set(window) - set(members):  # every candidate left out fails a filter
+                    assert dp[m] > prob_filter - tol or d2[m] > threshold - tol
+                larger += len(members) > 1
+                filtered_out += len(window) - len(members)
+    assert larger > 0 and filtered_out > 0, "groups never grew or the filters never bit: the test is vacuous"
+
+
+@pytest.mark.parametrize("space", ["vq", "raw"])
+def test_lantern_trace_group_members_are_the_nearest_codes(model, space):
+    k, delta, tol = 12, 0.3, 1e-5
+    decoder = make_decoder("lantern", window=8, neighbourhood_k=k, delta=delta, codebook_space=space)
+    emb = model.codebook_embeddings() if space == "vq" else model.raw_codebook_embeddings()  # [V, D]
+    sizes = set()
+    for seed in range(3):
+        trace = decoder.generate(model, seed, SETTINGS[0], seed=seed, decode_image=False).trace
+        for s in trace.steps[1:]:
+            p = recomputed_targets(model, trace, s, SETTINGS[0])
+            assert len(s.group_members) == len(s.positions)
+            for i, (x, size, members) in enumerate(zip(s.draft_tokens, s.group_size, s.group_members)):
+                d2 = (emb - emb[x]).square().sum(-1)  # [V]
+                d2[x] = float("inf")
+                nearest = torch.argsort(d2, stable=True)[:k - 1]  # B_k(x) without x, proximity order
+                assert members == [x] + nearest[:size - 1].tolist()  # the draft, then the moved neighbours
+                cum, moved = p[i, nearest].cumsum(0), size - 1
+                assert moved == 0 or cum[moved - 1] <= delta + tol  # the moved mass is within delta
+                assert moved == k - 1 or cum[moved] > delta - tol  # and one more neighbour would exceed it
+                sizes.add(size)
+    assert len(sizes) > 1, "every neighbourhood had the same size: the test is vacuous"
 
 
 def test_gsd_quantile_threshold_and_vq_space_run(model):

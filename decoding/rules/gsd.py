@@ -67,6 +67,11 @@ def gsd_group(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filte
     return members, in_group
 
 
+def group_member_ids(members: torch.Tensor, in_group: torch.Tensor) -> torch.Tensor:
+    """[K, G] each draft's group as token ids, -1 where a candidate was filtered out (what a trace records)."""
+    return torch.where(in_group, members, -1)
+
+
 def grouped_acceptance(p: torch.Tensor, q: torch.Tensor, members: torch.Tensor,
                        in_group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """min(1, p(G) / q(G)) [K] and the group sizes |G| [K]."""

@@ -53,3 +53,11 @@ def lantern_target(p: torch.Tensor, drafts: torch.Tensor, neighbours: torch.Tens
     moved = (nb_p * in_a).sum(1, keepdim=True)  # [K, 1]
     target = p.scatter(1, neighbours, torch.where(in_a, torch.zeros_like(nb_p), nb_p))
     return target.scatter_add(1, drafts[:, None], moved)
+
+
+def lantern_members(drafts: torch.Tensor, neighbours: torch.Tensor, n_moved: torch.Tensor) -> torch.Tensor:
+    """[K, k] the draft, then the n_moved neighbours whose mass moved onto it (A), then -1 padding:
+    {x} + A(x) as token ids, what a trace records."""
+    ids = torch.cat([drafts[:, None], neighbours], dim=1)  # [K, k]
+    kept = torch.arange(ids.shape[1], device=ids.device)[None, :] <= n_moved[:, None]  # [K, k]
+    return torch.where(kept, ids, -1)
