@@ -24,6 +24,12 @@ Reported per decoder (medians over its runs unless stated):
   memory_mb             GPU: peak allocated during the decoder's runs; CPU: the largest process
                         resident set size after one of its runs (caches included)
   class_consistency     share of images the classifier assigns to the requested class (--classifier)
+
+Side by side with the official LlamaGen code (--official-llamagen PATH, PATH = your checkout of
+FoundationVision/LlamaGen; nothing of it ships with SpecLens): its `Transformer` is built from the
+model's checkpoint and loads our weights strictly, and its `generate()` runs once per (seed, class)
+in the same rotation as the decoders, same sampling settings, batch 1 (x2 with CFG). Reported:
+tokens/s of their generate() call and of ar's decoding loop, and ar / official (medians).
 Files in --out: benchmark.json (settings, summary, every run), benchmark.csv (the summary),
 runs.csv (one row per run) and, with --traces, traces.jsonl (every trace).
 """
@@ -198,7 +204,40 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
     ap.add_argument("--traces", action="store_true", help="also save every trace to traces.jsonl")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--official-llamagen", metavar="PATH", default=None,
+                    help="a checkout of FoundationVision/LlamaGen: also time its generate() on the model's "
+                         "checkpoint, interleaved with the decoders, and report tokens/s against ar")
     return ap
+
+
+def gpt_checkpoint(model_name: str) -> Path:
+    """The GPT checkpoint file of a registered model (what the official code loads)."""
+    from models.registry import MODELS, resolve_file
+
+    spec = MODELS[model_name]
+    return resolve_file(spec, spec.gpt_file)
+
+
+def load_official(path: str, model_name: str, model, device: str):
+    from decoding.official_llamagen import OfficialRunner
+
+    return OfficialRunner(path, gpt_checkpoint(model_name), model.gpt.config.to_dict(), device)
+
+
+def official_row(runner, label_id: int, num_tokens: int, sampling: SamplingSettings, seed: int) -> dict:
+    _, seconds = runner.run(label_id, num_tokens, sampling, seed)
+    return {"decoder": runner.label, "seed": seed, "class": label_id, "decode_ms": 1000 * seconds,
+            "tokens_per_s": num_tokens / seconds}
+
+
+def official_summary(runner, official_runs: list[dict], ar_runs: list[dict]) -> dict:
+    theirs = median([r["tokens_per_s"] for r in official_runs])
+    ours = median([r["tokens_per_s"] for r in ar_runs])
+    return {"checkout": str(runner.official.checkout), "checkpoint": str(runner.checkpoint),
+            "runs": len(official_runs), "official_tokens_per_s": round(theirs, 2), "ar_tokens_per_s": round(ours, 2),
+            "official_decode_ms": round(median([r["decode_ms"] for r in official_runs]), 3),
+            "ar_decode_ms": round(median([r["decode_ms"] for r in ar_runs]), 3),
+            "ar_over_official": round(ours / theirs, 3)}
 
 
 def progress(total: int, enabled: bool):
@@ -213,7 +252,15 @@ def progress(total: int, enabled: bool):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    a = build_parser().parse_args(argv)
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if a.official_llamagen:
+        from decoding.official_llamagen import import_official
+
+        try:
+            import_official(a.official_llamagen)
+        except ValueError as e:
+            ap.error(f"--official-llamagen: {e}")
     if a.threads:
         torch.set_num_threads(a.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
@@ -227,14 +274,18 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(int(a.seeds))) if a.seeds.strip().isdigit() else parse_int_list(a.seeds, range(0))
     classes = parse_int_list(a.classes, range(model.info.num_classes))
     classifier = load_classifier_or_none(a.classifier, a.model)
+    official = load_official(a.official_llamagen, a.model, model, device) if a.official_llamagen else None
+    n_tokens = model.info.num_tokens
 
     # 1. warm-up: untimed, builds caches
     for decoder in decoders.values():
         for i in range(a.warmup):
             decoder.generate(model, classes[i % len(classes)], sampling, seed=10**6 + i)
+    for i in range(a.warmup if official else 0):
+        official.run(classes[i % len(classes)], n_tokens, sampling, 10**6 + i)
 
     # 2. interleaved measurement
-    labels = list(decoders)
+    labels = list(decoders) + ([official.label] if official else [])
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     traces: dict[str, list[Trace]] = {label: [] for label in labels}
     bar = progress(len(seeds) * len(classes) * len(labels), not a.no_progress)
@@ -244,9 +295,14 @@ def main(argv: list[str] | None = None) -> dict:
             order = labels[slot % len(labels):] + labels[:slot % len(labels)]
             slot += 1
             for position, label in enumerate(order):
+                if official and label == official.label:
+                    row = official_row(official, label_id, n_tokens, sampling, seed)
+                    runs[label].append({**row, "order": position})
+                    continue
                 trace, image, memory = run_one(decoders[label], model, label_id, sampling, seed, cuda)
                 row = {**trace.summary(), "decoder": label, "seed": seed, "class": label_id, "order": position,
                        "ms_per_image": 1000 * trace.total_s, "decode_ms": 1000 * trace.decode_s,
+                       "tokens_per_s": n_tokens / max(trace.decode_s, 1e-12),
                        "overhead_share": trace.overhead_s / max(trace.decode_s, 1e-12), "memory_mb": memory}
                 if classifier is not None:
                     row["class_hit"] = int(classifier(image[None])[0] == label_id)
@@ -262,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     ar_one_token_s = median(one_token)
     ar_row = summarise("ar", runs["ar"], traces["ar"], None, ar_one_token_s, None)
     summary = [ar_row] + [summarise(label, runs[label], traces[label], ar_row, ar_one_token_s,
-                                    getattr(decoders[label], "window", None)) for label in labels if label != "ar"]
+                                    getattr(decoders[label], "window", None)) for label in decoders if label != "ar"]
     report = {
         "model": a.model, "device": device, "threads": torch.get_num_threads(), "sampling": sampling.to_dict(),
         "seeds": seeds, "classes": classes, "warmup": a.warmup,
@@ -272,8 +328,15 @@ def main(argv: list[str] | None = None) -> dict:
         "ar_one_token_forward_ms": round(1000 * ar_one_token_s, 4),
         "summary": summary, "runs": [r for label in labels for r in runs[label]],
     }
+    if official:
+        report["official_llamagen"] = official_summary(official, runs[official.label], runs["ar"])
     write_outputs(Path(a.out), report, traces if a.traces else None)
     print(format_table(summary))
+    if official:
+        o = report["official_llamagen"]
+        print(f"\nofficial LlamaGen generate() vs ar on {o['checkpoint']} ({o['runs']} images each, interleaved, "
+              f"medians): {o['official_tokens_per_s']} vs {o['ar_tokens_per_s']} tokens/s, "
+              f"ar / official = {o['ar_over_official']}x")
     print(f"\nsaved to {Path(a.out) / 'benchmark.json'} and benchmark.csv, runs.csv")
     return report
 

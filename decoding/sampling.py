@@ -36,12 +36,14 @@ class SamplingSettings:
         return asdict(self)
 
 
-def logits_to_probs(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
-    """[..., V] guided logits -> target distribution p [..., V] (float32)."""
+def logits_to_probs(logits: torch.Tensor, s: SamplingSettings, out: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., V] guided logits -> target distribution p [..., V] (float32), written into `out` if given."""
     logits = logits.float()
     if s.greedy:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / s.temperature
+        p = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        return p if out is None else out.copy_(p)
+    if s.temperature != 1.0:  # dividing by 1 changes nothing; skipping it saves an operation per call
+        logits = logits / s.temperature
     if s.top_k and s.top_k < logits.shape[-1]:
         kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -52,7 +54,7 @@ def logits_to_probs(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
         remove[..., 1:] = remove[..., :-1].clone()  # keep the first token above the threshold
         remove[..., 0] = False
         logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1) if out is None else torch.softmax(logits, dim=-1, out=out)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -64,13 +66,20 @@ def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     never drawn (its CDF interval is empty), and a one-hot row always gives its token.
     """
     flat = probs.reshape(-1, probs.shape[-1])
-    cdf = flat.double().cumsum(-1)  # [R, V]
-    u = torch.rand(flat.shape[0], 1, dtype=torch.float64, generator=generator).to(cdf.device) * cdf[:, -1:]
-    index = torch.searchsorted(cdf, u, right=True).clamp_max(flat.shape[-1] - 1)  # [R, 1]
-    return index.view(probs.shape[:-1])
+    u = torch.rand(flat.shape[0], 1, dtype=torch.float64, generator=generator)
+    return inverse_cdf(flat, u).view(probs.shape[:-1])
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """[..., V] probabilities and [..., 1] float64 uniforms in [0, 1) -> [..., 1] token ids: the first
+    token whose CDF exceeds u * total. `sample` with the uniforms drawn by the caller (a decoder can
+    draw many at once: on the CPU generator that is the same stream as one draw at a time)."""
+    cdf = torch.cumsum(probs, -1, dtype=torch.float64)  # [..., V]
+    if u.device != cdf.device:
+        u = u.to(cdf.device)
+    return torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_max_(probs.shape[-1] - 1)
 
 
 def top1_and_entropy(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., V] -> (top-1 probability [...], entropy in nats [...])."""
-    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
-    return probs.max(-1).values, entropy
+    return probs.amax(-1), torch.special.entr(probs).sum(-1)  # entr(x) = -x log x, 0 at x = 0

@@ -6,7 +6,13 @@ code. Two things differ on purpose:
 
 - The KV cache is a plain tensor pair per layer (not registered buffers), addressed by
   sequence position, so a window of drafted tokens can be written and later overwritten.
-- The cached forward attends only to cache entries up to the window's last position.
+- The cached forward (`forward_at`) is an inference-only path that computes the same thing with
+  fewer and faster operations, because a small model on a CPU is bound by per-operation cost and by
+  streaming the weights, not by arithmetic: it attends only to cache entries up to the window's last
+  position, writes the cache by slice, takes its causal mask as a slice of one precomputed table
+  (no mask at all for a single token, which sees every cached position), rotates queries and keys
+  together as complex numbers, calls no dropout modules, and picks a matrix-product kernel by row
+  count (`linear`). Its logits agree with the official code's to float32 rounding.
 
 Quirk kept from the official code: the 2-D RoPE table is prefixed with `cls_token_num` rows of
 zeros, so queries and keys at condition positions are exactly zero.
@@ -95,6 +101,46 @@ def gpt_config(preset: str, **overrides) -> GPTConfig:
     return GPTConfig(**{**GPT_PRESETS[preset], **overrides})
 
 
+# Set "onednn_windows" to False to spare the prepacked weight copies (see `linear`).
+CPU_KERNELS = {"onednn_windows": torch.backends.mkldnn.is_available()}
+
+
+def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """`layer(x)` (no bias) for the cached, inference-only forward, with the faster float32 CPU
+    kernel for the row count (measured on an AMD EPYC, torch 2.13, weights not in cache):
+    - at most 4 rows (one token, or two with CFG): (W x^T)^T; MKL then streams the weight once,
+      about 2x faster than x W^T;
+    - more rows (a window): oneDNN with the weight prepacked once, 1.2-1.8x faster than MKL's x W^T.
+      The packed copy (as large as the weight) stays on the layer and is rebuilt when the weight is
+      replaced or modified in place; `CPU_KERNELS["onednn_windows"] = False` turns this off.
+    Anything else (GPU, other dtypes, autograd) is `F.linear`. Results agree to float32 rounding."""
+    weight = layer.weight
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_grad_enabled():
+        return F.linear(x, weight)
+    rows = x.numel() // x.shape[-1]
+    if rows <= 4:
+        out = torch.mm(weight, x.reshape(rows, -1).t()).t()  # [rows, out]
+        return out.contiguous().view(*x.shape[:-1], weight.shape[0])
+    packed = _onednn_weight(layer) if CPU_KERNELS["onednn_windows"] else None
+    if packed is None:
+        return F.linear(x, weight)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+def _onednn_weight(layer: nn.Linear) -> torch.Tensor | None:
+    """The layer's weight prepacked for oneDNN, repacked when the weight was replaced or modified."""
+    key = (layer.weight.data_ptr(), layer.weight._version)
+    cached = layer.__dict__.get("_onednn_packed")
+    if cached is None or cached[0] != key:
+        try:
+            cached = (key, torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach()))
+        except (RuntimeError, AttributeError):  # a torch without these oneDNN ops: MKL from now on
+            CPU_KERNELS["onednn_windows"] = False
+            return None
+        layer.__dict__["_onednn_packed"] = cached
+    return cached[1]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -102,6 +148,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one op, the same formula
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight
@@ -122,16 +170,16 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(F.silu(linear(x, self.w1)) * linear(x, self.w3), self.w2)
+
 
 def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """x: [B, S, H, Dh]; freqs: [S, Dh/2, 2] as (cos, sin)."""
-    xs = x.float().reshape(*x.shape[:-1], -1, 2)  # [B, S, H, Dh/2, 2]
-    f = freqs.view(1, xs.size(1), 1, xs.size(3), 2)
-    out = torch.stack(
-        [xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1], xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]],
-        dim=-1,
-    )
-    return out.flatten(3).type_as(x)
+    """x: [B, S, H, Dh]; freqs: [S, Dh/2, 2] as (cos, sin). Each pair (x0, x1) becomes
+    (x0 cos - x1 sin, x1 cos + x0 sin), the official formula, as one complex product."""
+    xs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [B, S, H, Dh/2]
+    f = torch.view_as_complex(freqs).view(1, xs.size(1), 1, xs.size(3))
+    return torch.view_as_real(xs * f).flatten(3).type_as(x)
 
 
 def rope_2d_table(grid: int, head_dim: int, base: float, cls_token_num: int) -> torch.Tensor:
@@ -182,6 +230,27 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)
         return self.resid_dropout(self.wo(out))
 
+    def forward_inference(self, x: torch.Tensor, freqs: torch.Tensor, start: int,
+                          mask: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, S, dim] at positions start..start+S-1; writes their K/V into the cache and attends to
+        positions 0..start+S-1 under `mask` ([S, start+S] bool, or None: every position visible)."""
+        bsz, seqlen, _ = x.shape
+        n_qk = self.n_head + self.n_kv_head
+        qkv = linear(x, self.wqkv)  # [B, S, (H + 2 Hkv) Dh]
+        qk = apply_rotary_emb(qkv[..., :n_qk * self.head_dim].view(bsz, seqlen, n_qk, self.head_dim), freqs)
+        q, k = qk.transpose(1, 2).split([self.n_head, self.n_kv_head], dim=1)  # [B, H, S, Dh], [B, Hkv, S, Dh]
+        v = qkv[..., n_qk * self.head_dim:].view(bsz, seqlen, self.n_kv_head, self.head_dim).transpose(1, 2)
+        end = start + seqlen
+        k_cache, v_cache = self.cache
+        k_cache[:bsz, :, start:end] = k
+        v_cache[:bsz, :, start:end] = v
+        k, v = k_cache[:bsz, :, :end], v_cache[:bsz, :, :end]  # [B, Hkv, end, Dh]
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, S, Dh]
+        return linear(out.transpose(1, 2).reshape(bsz, seqlen, self.dim), self.wo)
+
 
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: GPTConfig):
@@ -194,6 +263,10 @@ class TransformerBlock(nn.Module):
     def forward(self, x, freqs, input_pos=None, mask=None):
         h = x + self.attention(self.attention_norm(x), freqs, input_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
+
+    def forward_inference(self, x, freqs, start, mask):
+        h = x + self.attention.forward_inference(self.attention_norm(x), freqs, start, mask)
+        return h + self.feed_forward.forward_inference(self.ffn_norm(h))
 
 
 class LabelEmbedder(nn.Module):
@@ -261,6 +334,9 @@ class GPT(nn.Module):
             shape = (batch_size, att.n_kv_head, self.max_seq_length, att.head_dim)
             att.cache = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self._cache_batch = batch_size
+        # causal[i, j]: position i sees position j; a window's mask is a slice of it
+        self._causal = torch.ones(self.max_seq_length, self.max_seq_length, dtype=torch.bool, device=device).tril()
+        self.freqs_cis = self.freqs_cis.to(device)
 
     def clear_cache(self) -> None:
         for layer in self.layers:
@@ -268,23 +344,33 @@ class GPT(nn.Module):
 
     def forward_cached(self, input_pos: torch.Tensor, tokens: torch.Tensor | None = None,
                        labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Run positions `input_pos` (sequence positions, consecutive) through the cache.
+        """Run positions `input_pos` (consecutive sequence positions) through the cache.
 
         Either `labels` ([B], prefill of the condition) or `tokens` ([B, S] image tokens).
         Writes K/V at `input_pos` and attends causally by position to everything before.
         Returns logits [B, S, V].
         """
+        positions = input_pos.tolist()
+        start = positions[0]
+        if positions != list(range(start, start + len(positions))):
+            raise ValueError(f"input_pos must be consecutive positions, got {positions}")
+        return self.forward_at(start, tokens=tokens, labels=labels)
+
+    def forward_at(self, start: int, tokens: torch.Tensor | None = None,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward_cached` for the positions start, start+1, ... (as many as tokens, or the
+        condition tokens for `labels`). Inference only: no dropout. Returns logits [B, S, V]."""
+        if self.layers[0].attention.cache is None:
+            raise RuntimeError("call setup_cache(batch_size) before the cached forward")
         if labels is not None:
             h = self.cls_embedding(labels, train=False)[:, : self.cls_token_num]
         else:
-            h = self.tok_embeddings(tokens)
-        end = int(input_pos[-1]) + 1
+            h = F.embedding(tokens, self.tok_embeddings.weight)
+        end = start + h.shape[1]
         if end > self.max_seq_length:
             raise ValueError(f"position {end - 1} is beyond the model's sequence length {self.max_seq_length}")
-        keys = torch.arange(end, device=h.device)
-        mask = (keys[None, :] <= input_pos[:, None])[None, None]  # [1, 1, S, end]
-        self.freqs_cis = self.freqs_cis.to(h.device)
-        freqs = self.freqs_cis[input_pos]
+        mask = None if h.shape[1] == 1 else self._causal[start:end, :end]  # one token sees the whole prefix
+        freqs = self.freqs_cis[start:end]
         for layer in self.layers:
-            h = layer(h, freqs, input_pos, mask)
-        return self.output(self.norm(h)).float()
+            h = layer.forward_inference(h, freqs, start, mask)
+        return linear(self.norm(h), self.output).float()

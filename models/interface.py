@@ -70,8 +70,7 @@ class ARImageModel:
             self.gpt.setup_cache(batch)
             self._batch = batch
         labels = torch.tensor([int(label), self.info.num_classes][:batch], device=self.device)
-        pos = torch.arange(self.gpt.cls_token_num, device=self.device)
-        logits = self.gpt.forward_cached(pos, labels=labels)[:, -1:]  # [B, 1, V]
+        logits = self.gpt.forward_at(0, labels=labels)[:, -1:]  # [B, 1, V]
         return self._guide(logits)[0]
 
     def _guide(self, logits: torch.Tensor) -> torch.Tensor:
@@ -94,9 +93,8 @@ class ARImageModel:
         n = self.info.num_tokens
         if start < 0 or start + len(tokens) > n:
             raise ValueError(f"window [{start}, {start + len(tokens)}) is outside the token grid [0, {n})")
-        pos = torch.arange(start, start + len(tokens), device=self.device) + self.gpt.cls_token_num
         batch_tokens = tokens.to(self.device).view(1, -1).expand(self._batch, -1)
-        return self._guide(self.gpt.forward_cached(pos, tokens=batch_tokens))
+        return self._guide(self.gpt.forward_at(start + self.gpt.cls_token_num, tokens=batch_tokens))
 
     # -- latent proximity -------------------------------------------------------------------
     def codebook_embeddings(self) -> torch.Tensor:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.checkpoint import load_into, read_state_dict
-from models.gpt import GPT, GPTConfig, gpt_config
+from models.gpt import CPU_KERNELS, GPT, GPTConfig, gpt_config, linear
 from models.interface import ARImageModel
 from models.vq import VQConfig, VQModel, vq_config
 
@@ -161,3 +162,47 @@ def test_config_validation():
         GPTConfig.from_dict({"dim": 8, "n_heads": 2})
     with pytest.raises(ValueError, match="unknown GPT preset"):
         gpt_config("GPT-Q")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 32, 64])
+def test_cpu_linear_kernels_equal_f_linear_and_follow_weight_changes(rows):
+    """The cached forward's matrix products (W x^T for few rows, prepacked oneDNN for more) are
+    F.linear up to float32 rounding, and never use a stale packed weight."""
+    torch.manual_seed(rows)
+    layer = torch.nn.Linear(48, 80, bias=False)
+    x = torch.randn(2, rows, 48)[:1] if rows % 2 else torch.randn(2, rows // 2, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, layer), F.linear(x, layer.weight), atol=1e-5, rtol=1e-5)
+        layer.weight.mul_(-2.0)  # in place: the packed copy must be rebuilt
+        torch.testing.assert_close(linear(x, layer), F.linear(x, layer.weight), atol=1e-5, rtol=1e-5)
+        layer.load_state_dict({"weight": torch.randn(80, 48)})
+        torch.testing.assert_close(linear(x, layer), F.linear(x, layer.weight), atol=1e-5, rtol=1e-5)
+        layer.weight = torch.nn.Parameter(torch.randn(80, 48))  # replaced
+        torch.testing.assert_close(linear(x, layer), F.linear(x, layer.weight), atol=1e-5, rtol=1e-5)
+    assert linear(x, layer).requires_grad  # with autograd on, plain F.linear
+
+
+@torch.no_grad()
+def test_cached_forward_is_the_same_with_plain_kernels(gpt, golden, monkeypatch):
+    labels, tokens = cfg_batch(golden)
+    results = []
+    for onednn in (True, False):
+        monkeypatch.setitem(CPU_KERNELS, "onednn_windows", onednn)
+        gpt.setup_cache(4)
+        rows = [gpt.forward_at(0, labels=labels)]
+        for start, length in ((0, 6), (6, 9)):
+            rows.append(gpt.forward_at(1 + start, tokens=tokens[:, start:start + length]))
+        results.append(torch.cat(rows, 1))
+    torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(results[0], golden["logits_cached_window"], atol=ATOL, rtol=0)
+
+
+def test_cached_forward_errors_are_specific(golden):
+    fresh = GPT(GPTConfig.from_dict(golden["config_gpt"])).eval()
+    with pytest.raises(RuntimeError, match="setup_cache"):
+        fresh.forward_at(0, labels=torch.tensor([1]))
+    fresh.setup_cache(1)
+    with pytest.raises(ValueError, match="consecutive"):
+        fresh.forward_cached(torch.tensor([1, 3]), tokens=torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="beyond the model's sequence length"):
+        fresh.forward_at(16, tokens=torch.zeros(1, 2, dtype=torch.long))
