@@ -82,4 +82,5 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def top1_and_entropy(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., V] -> (top-1 probability [...], entropy in nats [...])."""
-    return probs.amax(-1), torch.special.entr(probs).sum(-1)  # entr(x) = -x log x, 0 at x = 0
+    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # faster on CPU than torch.special.entr
+    return probs.amax(-1), entropy

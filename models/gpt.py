@@ -233,7 +233,7 @@ class Attention(nn.Module):
     def forward_inference(self, x: torch.Tensor, freqs: torch.Tensor, start: int,
                           mask: torch.Tensor | None) -> torch.Tensor:
         """x: [B, S, dim] at positions start..start+S-1; writes their K/V into the cache and attends to
-        positions 0..start+S-1 under `mask` ([S, start+S] bool, or None: every position visible)."""
+        positions 0..start+S-1 under `mask` ([S, start+S] additive, or None: every position visible)."""
         bsz, seqlen, _ = x.shape
         n_qk = self.n_head + self.n_kv_head
         qkv = linear(x, self.wqkv)  # [B, S, (H + 2 Hkv) Dh]
@@ -334,8 +334,10 @@ class GPT(nn.Module):
             shape = (batch_size, att.n_kv_head, self.max_seq_length, att.head_dim)
             att.cache = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self._cache_batch = batch_size
-        # causal[i, j]: position i sees position j; a window's mask is a slice of it
-        self._causal = torch.ones(self.max_seq_length, self.max_seq_length, dtype=torch.bool, device=device).tril()
+        # additive causal mask (0 where position i sees position j, else -inf); a window's mask is a slice.
+        # Additive rather than bool: attention would otherwise convert a bool mask in every layer.
+        sees = torch.ones(self.max_seq_length, self.max_seq_length, dtype=torch.bool, device=device).tril()
+        self._causal = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill(~sees, float("-inf"))
         self.freqs_cis = self.freqs_cis.to(device)
 
     def clear_cache(self) -> None:
