@@ -335,8 +335,10 @@ class GPT(nn.Module):
             att.cache = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self._cache_batch = batch_size
         # additive causal mask (0 where position i sees position j, else -inf); a window's mask is a slice.
-        # Additive rather than bool: attention would otherwise convert a bool mask in every layer.
-        sees = torch.ones(self.max_seq_length, self.max_seq_length, dtype=torch.bool, device=device).tril()
+        # Additive rather than bool: attention would otherwise convert a bool mask in every layer. Rows
+        # padded to a multiple of 16 so that GPU attention kernels take the slice without a copy.
+        n = self.max_seq_length
+        sees = torch.ones(n, find_multiple(n, 16), dtype=torch.bool, device=device).tril()
         self._causal = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill(~sees, float("-inf"))
         self.freqs_cis = self.freqs_cis.to(device)
 
