@@ -82,31 +82,26 @@ def resolve_file(spec: ModelSpec, filename: str) -> Path:
         ) from e
 
 
-def build_gpt(path: Path, preset: str | None = None, **overrides) -> GPT:
-    """A GPT from a checkpoint: its config from SpecLens metadata, else from a preset + overrides."""
+def _build(path: Path, module_cls, config_cls, preset_fn, preset: str | None, example: str, overrides: dict):
+    """A module from a checkpoint: its config from SpecLens metadata, else from a preset + overrides."""
     sd, meta = read_state_dict(path)
     if meta.get("config"):
-        cfg = GPTConfig.from_dict(meta["config"])
+        cfg = config_cls.from_dict(meta["config"])
     elif preset:
-        cfg = gpt_config(preset, **overrides)
+        cfg = preset_fn(preset, **overrides)
     else:
-        raise CheckpointError(f"{path}: no SpecLens config stored in the file; give a preset (e.g. 'GPT-B')")
-    gpt = GPT(cfg)
-    load_into(gpt, sd, path)
-    return gpt
+        raise CheckpointError(f"{path}: no SpecLens config stored in the file; give a preset (e.g. {example!r})")
+    module = module_cls(cfg)
+    load_into(module, sd, path)
+    return module
+
+
+def build_gpt(path: Path, preset: str | None = None, **overrides) -> GPT:
+    return _build(Path(path), GPT, GPTConfig, gpt_config, preset, "GPT-B", overrides)
 
 
 def build_vq(path: Path, preset: str | None = None, **overrides) -> VQModel:
-    sd, meta = read_state_dict(path)
-    if meta.get("config"):
-        cfg = VQConfig.from_dict(meta["config"])
-    elif preset:
-        cfg = vq_config(preset, **overrides)
-    else:
-        raise CheckpointError(f"{path}: no SpecLens config stored in the file; give a preset (e.g. 'VQ-16')")
-    vq = VQModel(cfg)
-    load_into(vq, sd, path)
-    return vq
+    return _build(Path(path), VQModel, VQConfig, vq_config, preset, "VQ-16", overrides)
 
 
 @lru_cache(maxsize=2)

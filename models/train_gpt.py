@@ -9,7 +9,6 @@ optional. Every `--save-every` steps: `last.pt` (model + optimiser + RNG, to res
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from models.checkpoint import load_into, read_state_dict, save_checkpoint
 from models.data import load_fashion_mnist, to_model_range
 from models.gpt import GPT, GPTConfig
+from models.training import training_parser
 from models.vq import VQConfig, VQModel
 
 BUNDLED_GPT = dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, num_classes=10, block_size=196,
@@ -30,23 +30,13 @@ BUNDLED_GPT = dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, num_classes=10
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = training_parser(__doc__, "runs/gpt", 60.0, 4000, 64, 6e-4, "length of the LR schedule (warmup + cosine)")
     p.add_argument("--vq", default="runs/vq/vq.pt", help="trained VQ checkpoint")
-    p.add_argument("--out", default="runs/gpt", help="run folder")
-    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this invocation")
-    p.add_argument("--max-steps", type=int, default=4000, help="length of the LR schedule")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--dim", type=int, default=BUNDLED_GPT["dim"])
     p.add_argument("--n-layer", type=int, default=BUNDLED_GPT["n_layer"])
     p.add_argument("--n-head", type=int, default=BUNDLED_GPT["n_head"])
-    p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU with AVX512-BF16)")
-    p.add_argument("--source", default="auto", choices=["auto", "debian", "subset"])
     return p.parse_args(argv)
 
 

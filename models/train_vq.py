@@ -10,7 +10,6 @@ found necessary.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from models.checkpoint import save_checkpoint
 from models.data import load_fashion_mnist, to_model_range
+from models.training import training_parser
 from models.vq import VQConfig, VQModel
 
 BUNDLED_VQ = dict(codebook_size=1024, codebook_embed_dim=8, encoder_ch_mult=[1, 2], decoder_ch_mult=[1, 2],
@@ -28,19 +28,9 @@ BUNDLED_VQ = dict(codebook_size=1024, codebook_embed_dim=8, encoder_ch_mult=[1, 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/vq", help="run folder (checkpoints, log)")
-    p.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of this invocation")
-    p.add_argument("--max-steps", type=int, default=100000)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p = training_parser(__doc__, "runs/vq", 15.0, 100000, 128, 1e-3)
     p.add_argument("--codebook-size", type=int, default=BUNDLED_VQ["codebook_size"])
-    p.add_argument("--restart-every", type=int, default=100)
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the conv stacks (CPU with AVX512-BF16)")
-    p.add_argument("--source", default="auto", choices=["auto", "debian", "subset"])
+    p.add_argument("--restart-every", type=int, default=100, help="steps between dead-code restarts and evals")
     return p.parse_args(argv)
 
 
