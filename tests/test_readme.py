@@ -40,3 +40,18 @@ def test_usage_example_runs_on_the_tiny_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(usage.replace('load_model("fashion-mnist")', 'load_model("tiny-fixture")'), {})
     assert (tmp_path / "gsd_trace.json").exists()
+
+
+def test_teacher_forcing_example_runs_with_official_field_names():
+    """The README's GPT example, on the golden fixture checkpoint instead of GPT-B's file."""
+    block = next(b for b in python_blocks() if "teacher" in b or "read_state_dict(\"c2i_B_256.pt\")" in b)
+    fixture = Path(__file__).parent / "fixtures" / "llamagen" / "gpt_tiny.pt"
+    code = (block.replace("dim=768, n_layer=12, n_head=12, vocab_size=16384, num_classes=1000",
+                          "dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=10")
+            .replace("block_size=256", "block_size=16").replace('"c2i_B_256.pt"', repr(str(fixture)))
+            .replace("torch.tensor([207, 360])", "torch.tensor([2, 7])")
+            .replace("torch.randint(0, 16384, (2, 256))", "torch.randint(0, 64, (2, 16))"))
+    assert code != block
+    scope: dict = {}
+    exec(code, scope)
+    assert scope["logits"].shape == (2, 16, 64)
