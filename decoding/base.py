@@ -95,16 +95,16 @@ class TraceRecorder:
         group_members: [K, G] token ids of each draft's group, -1 padding (None or G = 0: no groups)."""
         k = len(positions)
         top1, ent = (stats[0][:k], stats[1][:k]) if stats is not None else top1_and_entropy(p)
-        step.positions = positions.tolist()
-        step.draft_tokens = drafts.tolist()
-        step.p_draft = p.gather(-1, drafts.view(-1, 1)).view(-1).tolist()
-        step.q_draft = q_of_draft.tolist()
-        step.top1_prob = top1.tolist()
-        step.entropy = ent.tolist()
-        step.accept_prob = accept_prob.tolist()
-        step.accepted = accepted.tolist()
-        step.relaxed = relaxed.tolist() if relaxed is not None else [False] * k
-        step.group_size = group_size.tolist() if group_size is not None else [0] * k
+        zeros = torch.zeros(k, dtype=torch.long)
+        p_of_draft = p.gather(-1, drafts.view(-1, 1)).view(-1)
+        # one .tolist() per dtype: each is a round trip through Python objects
+        reals = torch.stack([p_of_draft, q_of_draft, top1, ent, accept_prob]).tolist()  # [5, K]
+        ints = torch.stack([positions, drafts, accepted, zeros if relaxed is None else relaxed,
+                            zeros if group_size is None else group_size]).tolist()  # [5, K]
+        step.p_draft, step.q_draft, step.top1_prob, step.entropy, step.accept_prob = reals
+        step.positions, step.draft_tokens = ints[0], ints[1]
+        step.accepted, step.relaxed = [a != 0 for a in ints[2]], [r != 0 for r in ints[3]]
+        step.group_size = ints[4]
         if group_members is not None and group_members.shape[1] > 0:
             step.group_members = [[m for m in row if m >= 0] for row in group_members.tolist()]  # one .tolist()
 
@@ -115,9 +115,10 @@ class TraceRecorder:
         k = len(positions)
         top1, ent = (stats[0][:k], stats[1][:k]) if stats is not None else top1_and_entropy(p)
         p_tok = p.gather(-1, tokens.view(-1, 1)).view(-1)
+        ints = torch.stack([positions, tokens]).tolist()  # [2, K]
+        reals = torch.stack([p_tok, top1, ent]).tolist()  # [3, K]
         t = self.trace
-        for pos, tok, kind, pt, t1, e in zip(positions.tolist(), tokens.tolist(), kinds, p_tok.tolist(),
-                                              top1.tolist(), ent.tolist()):
+        for pos, tok, kind, pt, t1, e in zip(*ints, kinds, *reals):
             t.tokens[pos], t.commit_step[pos], t.commit_kind[pos] = tok, step.index, kind
             t.commit_p[pos], t.commit_top1[pos], t.commit_entropy[pos] = pt, t1, e
             step.committed_positions.append(pos)

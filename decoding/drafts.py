@@ -44,5 +44,6 @@ def initial_drafts(scheme: str, known: torch.Tensor, count: int, grid_width: int
 
 
 def one_hot_q(drafts: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[K] -> [K, V] the draft distribution of deterministic drafts."""
-    return torch.nn.functional.one_hot(drafts, vocab_size).float()
+    """[K] -> [K, V] the draft distribution of deterministic drafts (float32 zeros + scatter: one
+    allocation, not one_hot's int64 table and its conversion)."""
+    return torch.zeros(len(drafts), vocab_size).scatter_(1, drafts[:, None], 1.0)

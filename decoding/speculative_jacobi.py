@@ -33,8 +33,8 @@ import torch
 from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
 from decoding.drafts import DRAFT_INITS, initial_drafts, one_hot_q
 from decoding.rules.exact import acceptance_ratio, first_rejection, residual
-from decoding.sampling import SamplingSettings, logits_to_probs, sample, top1_and_entropy
-from decoding.trace import StepRecord
+from decoding.sampling import SamplingSettings, logits_to_probs, sample
+from decoding.window_trace import PassLog, record_passes
 
 
 @dataclass
@@ -43,8 +43,11 @@ class Verdict:
 
     accept_prob: torch.Tensor  # [D] probability the rule accepts each draft with
     accepted: torch.Tensor  # [D] bool
-    relaxed: torch.Tensor  # [D] bool: accepted although the exact rule on the same draw would have rejected
-    group_size: torch.Tensor  # [D] long: LANTERN neighbourhood / GSD group used; 0 if none
+    # [D] bool: accepted although the exact rule on the same draw would have rejected; None: worked out
+    # from the uniforms when the trace is written (once for all passes, not per pass)
+    relaxed: torch.Tensor | None
+    # [D] long: LANTERN neighbourhood / GSD group used, 0 if none; None: counted from group_members
+    group_size: torch.Tensor | None
     q_draft: torch.Tensor  # [D] q(draft)
     uniform: torch.Tensor | None = None  # [D] the uniforms drawn, if any
     group_members: torch.Tensor | None = None  # [D, G] token ids of each draft's group, -1 padding; None: no groups
@@ -91,9 +94,11 @@ class SpeculativeJacobi(Decoder):
     def propose(self, pending: torch.Tensor, q_pending: torch.Tensor, committed: torch.Tensor, count: int,
                 grid_width: int, vocab_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The window's `count` drafts and their q: the pending ones, then new initial drafts."""
-        known = torch.cat([committed, pending])
-        new = initial_drafts(self.init, known, count - len(pending), grid_width, vocab_size, gen)  # [count - P]
-        return torch.cat([pending, new]), torch.cat([q_pending, one_hot_q(new, vocab_size)])
+        n_pending = len(pending)
+        # random ids need no known tokens: skip copying the committed ones
+        known = committed if self.init == "random" else torch.cat([committed, pending])
+        new = initial_drafts(self.init, known, count - n_pending, grid_width, vocab_size, gen)  # [count - P]
+        return torch.cat([pending, new]), torch.cat([q_pending, one_hot_q(new, vocab_size)])  # [count], [count, V]
 
     def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor,
                gen: torch.Generator, ctx: Any) -> Verdict:
@@ -103,10 +108,8 @@ class SpeculativeJacobi(Decoder):
             raise ValueError(f"acceptance() must return (probability [D], group members [D, G] with -1 padding) "
                              f"for D={len(drafts)} drafts; got members of shape {tuple(members.shape)}")
         u = torch.rand(len(drafts), generator=gen)  # [D]
-        accepted = u < prob
-        relaxed = accepted & (u >= exact_acceptance(p, q, drafts))
-        return Verdict(prob, accepted, relaxed, (members >= 0).sum(1), q.gather(1, drafts[:, None])[:, 0], u,
-                       members)
+        # relaxed flags and group sizes are left to the trace (None), which works them out for all passes at once
+        return Verdict(prob, u < prob, None, None, q.gather(1, drafts[:, None])[:, 0], u, members)
 
     def replacement(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor, r: int,
                     gen: torch.Generator, ctx: Any) -> torch.Tensor:
@@ -144,6 +147,7 @@ class SpeculativeJacobi(Decoder):
 
         done = 1
         drafts, q = torch.empty(0, dtype=torch.long), torch.empty(0, vocab)
+        passes: list[PassLog] = []
         while done < n:
             # 2. the window: last committed token + drafts; it shrinks at the end of the grid
             start = done - 1
@@ -162,13 +166,14 @@ class SpeculativeJacobi(Decoder):
             r = first_rejection(verdict.accepted)
             res = self.resolve(p, q, drafts, y, verdict, r, gen, ctx)
 
-            # 5. commit and trace
+            # 5. commit; the trace is filled after the last pass
             committed = drafts[:r] if res.token is None else torch.cat([drafts[:r], res.token])
             tokens[done:done + len(committed)] = committed
-            _record(recorder, step, start, drafts, p, verdict, r, committed, res.kind)
+            passes.append(PassLog(step, start, drafts, p, verdict, r, committed, res.kind))
             recorder.close_step(step, clock)
             done += len(committed)
             drafts, q = res.next_drafts, res.next_q
+        record_passes(recorder.trace, passes)
         return tokens
 
 
@@ -176,20 +181,3 @@ def exact_acceptance(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> 
     """min(1, p(x) / q(x)) [D] for p, q: [D, V] and drafts x: [D]."""
     index = drafts[:, None]
     return acceptance_ratio(p.gather(1, index)[:, 0], q.gather(1, index)[:, 0])
-
-
-def _record(recorder: TraceRecorder, step: StepRecord, start: int, drafts: torch.Tensor, p: torch.Tensor,
-            verdict: Verdict, r: int, committed: torch.Tensor, last_kind: str) -> None:
-    """Trace the verified drafts (up to and including the first rejection) and the commits."""
-    verified = min(r + 1, len(drafts))
-    stats = top1_and_entropy(p[:max(verified, len(committed))])  # once for both records
-    in_prefix = torch.arange(verified) < r  # accepted and committed
-    relaxed = verdict.relaxed[:verified] & in_prefix
-    members = verdict.group_members[:verified] if verdict.group_members is not None else None
-    recorder.record_drafts(step, torch.arange(start + 1, start + 1 + verified), drafts[:verified], p[:verified],
-                           verdict.q_draft[:verified], verdict.accept_prob[:verified], in_prefix, relaxed,
-                           verdict.group_size[:verified], stats, members)
-    kinds = ["relaxed" if rel else "draft" for rel in relaxed[:r].tolist()]
-    kinds += [last_kind] if len(committed) > r else []
-    positions = torch.arange(start + 1, start + 1 + len(committed))
-    recorder.commit(step, positions, committed, kinds, p[:len(committed)], stats)

@@ -37,7 +37,8 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def first_rejection(accepted: torch.Tensor) -> int:
     """Number of leading True entries of a [K] bool mask: the index of the first rejection, or K."""
-    return int(accepted.to(torch.int32).cumprod(0).sum())
+    flags = accepted.tolist()  # one conversion: cheaper than cumprod + sum + item for a window of drafts
+    return flags.index(False) if False in flags else len(flags)
 
 
 def output_distribution(p: torch.Tensor, q: torch.Tensor, accept_prob: torch.Tensor,

@@ -26,14 +26,29 @@ import torch
 
 from decoding.rules.exact import acceptance_ratio
 
+_REVERSED_IDS: dict[tuple[int, torch.device], torch.Tensor] = {}  # (V, device) -> [V] V-1 .. 0
+
+
+def _reversed_ids(vocab: int, device: torch.device) -> torch.Tensor:
+    """[V] int64 V-1 - id: the tie-break of `rank_keys`, built once per vocabulary and device."""
+    key = (vocab, device)
+    if key not in _REVERSED_IDS:
+        _REVERSED_IDS[key] = torch.arange(vocab - 1, -1, -1, device=device)
+    return _REVERSED_IDS[key]
+
 
 def rank_keys(p: torch.Tensor) -> torch.Tensor:
     """[K, V] -> [K, V] int64 keys, distinct per row, whose descending order is the target ranking:
     higher p first, ties to the lower id. (The bits of a non-negative float32 order like the float.)"""
     vocab = p.shape[1]
     shift = max(1, (vocab - 1).bit_length())
-    ids = torch.arange(vocab, device=p.device)
-    return (p.float().contiguous().view(torch.int32).long() << shift) | (vocab - 1 - ids)
+    bits = p.float().contiguous().view(torch.int32)  # [K, V]
+    return torch.add(_reversed_ids(vocab, p.device), bits, alpha=1 << shift)  # bits << shift | V-1-id, one op
+
+
+def _key_bound(vocab: int) -> int:
+    """A power of two above every `rank_keys` key: p <= 1 has float32 bits below 2**30."""
+    return 1 << (30 + max(1, (vocab - 1).bit_length()))
 
 
 def gsd_group(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filter: float | None,
@@ -46,24 +61,24 @@ def gsd_group(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filte
     """
     n_lower = group_size // 2
     n_higher = group_size - 1 - n_lower
-    keys = rank_keys(p)  # [K, V]
-    key_x = keys.gather(1, drafts[:, None])  # [K, 1]
-    big, small = torch.iinfo(torch.int64).max, torch.iinfo(torch.int64).min
-    above = torch.topk(torch.where(keys > key_x, keys, big), n_higher, dim=1, largest=False)  # nearest first
-    below = torch.topk(torch.where(keys < key_x, keys, small), n_lower, dim=1, largest=True)  # nearest first
-    members = torch.cat([above.indices.flip(1), drafts[:, None], below.indices], dim=1)  # [K, G]
-    in_group = torch.cat([above.values.flip(1) != big, torch.ones_like(key_x, dtype=torch.bool),
-                          below.values != small], dim=1)  # false where the ranking ends
+    keys, half = rank_keys(p), _key_bound(p.shape[1])  # [K, V]; every key is below `half`
+    # distance above the draft's key modulo 2 * half: the draft 0, higher-ranked tokens in (0, half),
+    # lower-ranked ones in [half, 2 * half); so each side of the rank window is one top-k
+    dist = (keys - keys.gather(1, drafts[:, None])).bitwise_and_(2 * half - 1)  # [K, V]
+    above = torch.topk(dist, n_higher + 1, dim=1, largest=False)  # the draft, then the nearest above
+    below = torch.topk(dist, n_lower, dim=1, largest=True)  # nearest below first
+    members = torch.cat([above.indices.flip(1), below.indices], dim=1)  # [K, G]
+    in_group = torch.cat([above.values.flip(1) < half, below.values >= half], dim=1)  # false past the ends
     if prob_filter is not None:
-        p_x = p.gather(1, drafts[:, None])  # [K, 1]
-        in_group &= (p.gather(1, members) - p_x).abs() < prob_filter
+        p_members = p.gather(1, members)  # [K, G]
+        in_group &= (p_members - p_members[:, n_higher:n_higher + 1]).abs() < prob_filter
     if distance_threshold is not None:
         if embeddings is None:
             raise ValueError("a distance threshold needs an embedding table")
         group_emb = embeddings.index_select(0, members.flatten()).view(*members.shape, -1)  # [K, G, D]
-        d2 = (group_emb - embeddings.index_select(0, drafts)[:, None, :]).square().sum(-1)  # [K, G]
-        in_group &= d2 < distance_threshold
-    in_group[:, n_higher] = True
+        in_group &= (group_emb - group_emb[:, n_higher:n_higher + 1]).square().sum(-1) < distance_threshold
+    if prob_filter is not None or distance_threshold is not None:
+        in_group[:, n_higher] = True  # a zero threshold would drop the draft itself
     return members, in_group
 
 
