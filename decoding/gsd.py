@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from decoding.base import ModelLike
-from decoding.neighbours import distance_quantile, embedding_table
+from decoding.neighbours import distance_quantile, embedding_table, sq_distance_table
 from decoding.rules.gsd import group_member_ids, grouped_acceptance, gsd_group
 from decoding.speculative_jacobi import SpeculativeJacobi
 
@@ -64,8 +64,9 @@ class GSDDecoder(SpeculativeJacobi):
         if self.embedding_space not in EMBEDDING_SPACES:
             raise ValueError(f"embedding_space must be one of {EMBEDDING_SPACES}, got {self.embedding_space!r}")
 
-    def prepare(self, model: ModelLike) -> tuple[torch.Tensor | None, float | None]:
-        """(embedding table [V, D] or None, squared-L2 threshold or None), from the per-model cache."""
+    def prepare(self, model: ModelLike) -> tuple[torch.Tensor | None, float | None, torch.Tensor | None]:
+        """(embedding table [V, D] or None, squared-L2 threshold or None, [V, V] squared distances or
+        None: small vocabularies only), from the per-model cache."""
         if self.group_size > model.info.vocab_size:
             raise ValueError(f"group_size={self.group_size} exceeds the vocabulary size {model.info.vocab_size}")
         if self.distance_quantile is not None:
@@ -73,12 +74,14 @@ class GSDDecoder(SpeculativeJacobi):
         else:
             threshold = self.distance_threshold
         if threshold is None:
-            return None, None
-        return embedding_table(model, self.embedding_space), threshold
+            return None, None, None
+        space = self.embedding_space
+        return embedding_table(model, space), threshold, sq_distance_table(model, space)
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
                    ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        embeddings, threshold = ctx
-        members, in_group = gsd_group(p, drafts, self.group_size, self.prob_filter, embeddings, threshold)
+        embeddings, threshold, sq_distances = ctx
+        members, in_group = gsd_group(p, drafts, self.group_size, self.prob_filter, embeddings, threshold,
+                                      sq_distances)
         ratio, _ = grouped_acceptance(p, q, members, in_group)
         return ratio, group_member_ids(members, in_group)

@@ -24,6 +24,7 @@ SPACES = ("vq", "gpt", "raw")
 CHUNK_ROWS = 1024
 MAX_PAIRS = 1 << 20
 PAIR_CHUNK = 8192
+MAX_TABLE_CODES = 4096  # a [V, V] float32 distance table up to 64 MiB
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CACHE_BY_ID: dict[int, dict] = {}  # for model objects that cannot be weakly referenced
@@ -111,4 +112,19 @@ def distance_quantile(model: Any, space: str, quantile: float) -> float:
     if key not in cache:
         d2 = torch.sort(pairwise_sq_distances(embedding_table(model, space))).values
         cache[key] = float(d2[min(len(d2) - 1, int(quantile * len(d2)))])
+    return cache[key]
+
+
+def sq_distance_table(model: Any, space: str) -> torch.Tensor | None:
+    """[V, V] float32 squared L2 distances between all codes in `space` (row x, column m:
+    sum((e_m - e_x)^2), the numbers GSD's filter computes per group), cached; None above
+    MAX_TABLE_CODES codes, where the table would be too large and the filter computes them per pass."""
+    table = embedding_table(model, space)
+    if len(table) > MAX_TABLE_CODES:
+        return None
+    cache = _model_cache(model)
+    key = ("sq_distances", space)
+    if key not in cache:
+        cache[key] = torch.cat([(table[None, :, :] - table[s:s + CHUNK_ROWS, None, :]).square().sum(-1)  # [rows, V]
+                                for s in range(0, len(table), CHUNK_ROWS)])
     return cache[key]

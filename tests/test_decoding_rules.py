@@ -155,3 +155,19 @@ def test_gsd_group_without_filters_is_the_rank_window():
     assert members[0].tolist() == order[4:18].tolist() and in_group.all()  # 6 above, the draft, 7 below
     members, in_group = gsd_group(p, order[:1], 14, None, None, None)  # top-ranked: truncated window
     assert int(in_group.sum()) == 8 and members[0][in_group[0]].tolist() == order[:8].tolist()
+
+
+def test_gsd_group_with_the_cached_distance_table_is_the_same_group():
+    from decoding_helpers import random_tiny_model
+
+    from decoding import neighbours as nb
+    model = random_tiny_model(vocab=40, grid=2)
+    emb, table = nb.embedding_table(model, "gpt"), nb.sq_distance_table(model, "gpt")
+    assert table.shape == (40, 40) and torch.equal(table.diagonal(), torch.zeros(40))
+    p = random_dist(25, 40, seed=15, zeros=6)
+    drafts = torch.randint(40, (25,), generator=torch.Generator().manual_seed(3))
+    threshold = float(table.median())  # admits about half of the pairs: the filter does something
+    members, in_group = gsd_group(p, drafts, 14, 0.2, emb, threshold)
+    cached = gsd_group(p, drafts, 14, 0.2, None, threshold, table)
+    assert torch.equal(members, cached[0]) and torch.equal(in_group, cached[1])
+    assert 25 < int(in_group.sum()) < 25 * 14
