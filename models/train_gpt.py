@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from models.checkpoint import load_into, read_state_dict, save_checkpoint
 from models.data import load_fashion_mnist, to_model_range
 from models.gpt import GPT, GPTConfig
-from models.training import training_parser
+from models.training import load_training_state, save_training_state, training_parser
 from models.vq import VQConfig, VQModel
 
 BUNDLED_GPT = dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, num_classes=10, block_size=196,
@@ -96,14 +96,8 @@ def main(argv=None) -> None:
                        "vocab_size": vq.config.codebook_size, "block_size": tokens.shape[1]})
     gpt = GPT(cfg)
     opt = make_optimizer(gpt, args.lr)
-    step, gen = 0, torch.Generator().manual_seed(args.seed)
-    if (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", weights_only=True)
-        gpt.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
+    gen = torch.Generator().manual_seed(args.seed)
+    step = load_training_state(out / "last.pt", gpt, opt, gen)
     log = open(out / "log.jsonl", "a")
     t0 = time.time()
     gpt.train()
@@ -137,9 +131,7 @@ def evaluate(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor, bf16: bool) -
 
 
 def save_state(out: Path, gpt: GPT, opt, step: int, gen: torch.Generator, cfg: GPTConfig, vq: VQModel) -> None:
-    torch.save({"model": gpt.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state()}, out / "last.pt.tmp")
-    (out / "last.pt.tmp").replace(out / "last.pt")
+    save_training_state(out / "last.pt", gpt, opt, step, gen)
     save_checkpoint(out / "gpt.pt", gpt, meta={"kind": "gpt", "config": cfg.to_dict(), "steps": step}, half=True)
 
 

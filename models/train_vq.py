@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from models.checkpoint import save_checkpoint
 from models.data import load_fashion_mnist, to_model_range
-from models.training import training_parser
+from models.training import load_training_state, save_training_state, training_parser
 from models.vq import VQConfig, VQModel
 
 BUNDLED_VQ = dict(codebook_size=1024, codebook_embed_dim=8, encoder_ch_mult=[1, 2], decoder_ch_mult=[1, 2],
@@ -63,13 +63,8 @@ def main(argv=None) -> None:
     cfg = VQConfig(**{**BUNDLED_VQ, "codebook_size": args.codebook_size})
     vq = VQModel(cfg)
     opt = torch.optim.Adam(vq.parameters(), lr=args.lr)
-    step, gen = 0, torch.Generator().manual_seed(args.seed)
-    if (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", weights_only=True)
-        vq.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        gen.set_state(state["gen"])
+    gen = torch.Generator().manual_seed(args.seed)
+    step = load_training_state(out / "last.pt", vq, opt, gen)
     usage = torch.zeros(cfg.codebook_size)
     log = open(out / "log.jsonl", "a")
     t0 = time.time()
@@ -99,10 +94,8 @@ def main(argv=None) -> None:
             log.flush()
             usage.zero_()
         if step % args.save_every == 0:
-            torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state()},
-                       out / "last.pt")
-    torch.save({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state()},
-               out / "last.pt")
+            save_training_state(out / "last.pt", vq, opt, step, gen)
+    save_training_state(out / "last.pt", vq, opt, step, gen)
     save_checkpoint(out / "vq.pt", vq, meta={"kind": "vq", "config": cfg.to_dict(), "steps": step}, half=True)
 
 

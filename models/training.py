@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import torch
+from torch import nn
 
 
 def training_parser(doc: str, out: str, minutes: float, max_steps: int, batch: int, lr: float,
@@ -19,3 +23,26 @@ def training_parser(doc: str, out: str, minutes: float, max_steps: int, batch: i
     p.add_argument("--source", default="auto", choices=["auto", "debian", "subset"],
                    help="Fashion-MNIST from Debian's package, the shipped subset, or whichever is there")
     return p
+
+
+def save_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, step: int,
+                        gen: torch.Generator) -> None:
+    """Everything a run needs to resume (model, optimiser, step, RNGs), written atomically."""
+    state = {"model": module.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state(),
+             "torch_rng": torch.get_rng_state()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+    """Resume from `path` if it exists; returns the step reached (0 for a new run)."""
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True)
+    module.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"])
+    return state["step"]

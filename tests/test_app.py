@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 
@@ -17,6 +16,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ["SPECLENS_UMAP"] = "0"  # no 20-s numba compile in tests: PCA only
 os.environ["SPECLENS_PROJECTIONS_DIR"] = ""  # and nothing written into assets/
 
+from app_server import launched_demo  # noqa: E402
+
 import app  # noqa: E402
 from analysis.synthetic import synthetic_trace  # noqa: E402
 from decoding.trace import Trace  # noqa: E402
@@ -25,20 +26,10 @@ MODEL = "tiny-fixture"
 SAMPLING = (4.0, 1.0, 0, 1.0)  # cfg, temperature, top-k, top-p
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module")
 def demo():
-    d = app.build_demo(MODEL)
-    d.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
-    yield d
-    d.close()
+    with launched_demo(MODEL) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from app_server import launched_demo
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ["SPECLENS_UMAP"] = "0"
@@ -21,22 +21,10 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chr
                                 reason="needs Debian's chromium (.ci/run installs it)")
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module")
 def url():
-    import app
-
-    demo = app.build_demo()  # the bundled model when its weights are here, else the tiny one
-    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
-    yield demo.local_url
-    demo.close()
+    with launched_demo() as demo:  # the bundled model when its weights are here, else the tiny one
+        yield demo.local_url
 
 
 @pytest.fixture(scope="module")

@@ -22,20 +22,20 @@ def golden():
     return torch.load(FIX / "golden_tiny.pt", weights_only=True)
 
 
+def load_fixture(model, filename: str):
+    sd, _ = read_state_dict(FIX / filename)
+    load_into(model, sd, FIX / filename)
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def gpt(golden):
-    model = GPT(GPTConfig.from_dict(golden["config_gpt"]))
-    sd, _ = read_state_dict(FIX / "gpt_tiny.pt")
-    load_into(model, sd, FIX / "gpt_tiny.pt")
-    return model.eval()
+    return load_fixture(GPT(GPTConfig.from_dict(golden["config_gpt"])), "gpt_tiny.pt")
 
 
 @pytest.fixture(scope="module")
 def vq(golden):
-    model = VQModel(VQConfig.from_dict(golden["config_vq"]))
-    sd, _ = read_state_dict(FIX / "vq_tiny.pt")
-    load_into(model, sd, FIX / "vq_tiny.pt")
-    return model.eval()
+    return load_fixture(VQModel(VQConfig.from_dict(golden["config_vq"])), "vq_tiny.pt")
 
 
 @torch.no_grad()
