@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from models.checkpoint import load_into, read_state_dict, save_checkpoint
 from models.data import load_fashion_mnist, to_model_range
 from models.gpt import GPT, GPTConfig
-from models.training import load_training_state, save_training_state, training_parser
+from models.training import load_training_state, save_training_state, start_run, training_parser
 from models.vq import VQConfig, VQModel
 
 BUNDLED_GPT = dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, num_classes=10, block_size=196,
@@ -79,10 +79,7 @@ def loss_on(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor, bf16: bool) ->
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(args)
     vq = load_vq(args.vq)
     if not (out / "tokens.npz").exists():
         images, labels = load_fashion_mnist("train", args.source)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from models.checkpoint import save_checkpoint
 from models.data import load_fashion_mnist, to_model_range
-from models.training import load_training_state, save_training_state, training_parser
+from models.training import load_training_state, save_training_state, start_run, training_parser
 from models.vq import VQConfig, VQModel
 
 BUNDLED_VQ = dict(codebook_size=1024, codebook_embed_dim=8, encoder_ch_mult=[1, 2], decoder_ch_mult=[1, 2],
@@ -52,10 +51,7 @@ def restart_dead_codes(vq: VQModel, usage: torch.Tensor, z: torch.Tensor, gen: t
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(args)
     images, _ = load_fashion_mnist("train", args.source)
     x_all = to_model_range(images)
     val = x_all[-1000:]

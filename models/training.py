@@ -46,3 +46,12 @@ def load_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimize
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"])
     return state["step"]
+
+
+def start_run(args: argparse.Namespace) -> Path:
+    """Threads and seed from the options; the run folder, created."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
