@@ -9,7 +9,11 @@ GPT's input token embeddings (GSD's space).
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import threading
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +22,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from analysis.style import SEQUENTIAL, finish
+from decoding.files import atomic_write_bytes
 from decoding.trace import Trace
 
 SPACES = {"vq": "VQ codebook (LANTERN's space)", "gpt": "GPT input embeddings (GSD's space)"}
@@ -61,48 +66,94 @@ def fingerprint(embeddings: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
-class ProjectionStore:
-    """Projections per (model, space, method), in memory and as `<dir>/<model>_<space>_<method>.npz`.
+def source_tree() -> Path:
+    """The folder holding the `analysis` package (the repository in a checkout): never written to."""
+    return Path(__file__).resolve().parents[1]
 
-    `get` returns UMAP when it is cached, else PCA at once, and (with `background=True`) starts
-    fitting UMAP in a daemon thread, so a later `get` swaps it in.
+
+def default_cache_dir() -> Path:
+    """A per-user cache folder for projections of models that ship none:
+    `$XDG_CACHE_HOME/speclens/projections` (default `~/.cache/speclens/projections`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "speclens" / "projections"
+
+
+def save_projection(path: str | Path, xy: np.ndarray, embeddings: np.ndarray, method: str, space: str) -> None:
+    """Write one projection file (atomically: a reader sees the old file or the new one, never half of
+    one). Used by the store's cache and to ship a bundled model's projection into `assets/projections`."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, xy=np.asarray(xy, np.float32), fingerprint=fingerprint(embeddings), method=method,
+                        space=space)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_projection(path: Path, embeddings: np.ndarray) -> np.ndarray | None:
+    """The [V, 2] projection stored at `path` if it is a readable projection of exactly these embeddings;
+    None if the file is missing, of other weights, of another size, truncated or corrupt (recomputed then)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["fingerprint"]) != fingerprint(embeddings):
+                return None
+            xy = np.asarray(f["xy"], dtype=np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    return xy if xy.shape == (len(embeddings), 2) and np.isfinite(xy).all() else None
+
+
+class ProjectionStore:
+    """Projections per (model, space, method), in memory and as `<model>_<space>_<method>.npz` files.
+
+    `shipped`: a read-only folder of projections that come with the code (the bundled models'). `cache_dir`:
+    where projections computed here are written (a user cache dir: `default_cache_dir()`, a temp dir); None =
+    memory only. Nothing is ever written inside the source tree: a `cache_dir` there is only read, as if
+    shipped. A cache file that is truncated or corrupt is ignored and recomputed (then replaced atomically).
+
+    `get` returns UMAP when it is cached, else PCA at once, and (with `background=True`) starts fitting UMAP
+    in a daemon thread, so a later `get` swaps it in.
     """
 
-    def __init__(self, directory: str | Path | None, background: bool = True):
-        self.directory = Path(directory) if directory else None
+    def __init__(self, cache_dir: str | Path | None = None, background: bool = True,
+                 shipped: str | Path | None = None):
+        cache = Path(cache_dir).resolve() if cache_dir else None
+        read_only = cache is not None and cache.is_relative_to(source_tree())
+        self.shipped = Path(shipped) if shipped else (cache if read_only else None)
+        self.directory = None if read_only else cache
         self.background = background  # False: never start UMAP (tests, machines without spare cores)
         self._memory: dict[tuple[str, str, str], tuple[str, np.ndarray]] = {}  # key -> (fingerprint, xy)
         self._running: set[tuple[str, str]] = set()
         self._errors: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
-    def path(self, model: str, space: str, method: str) -> Path | None:
+    @staticmethod
+    def filename(model: str, space: str, method: str) -> str:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
-        return self.directory / f"{safe}_{space}_{method}.npz" if self.directory else None
+        return f"{safe}_{space}_{method}.npz"
+
+    def path(self, model: str, space: str, method: str) -> Path | None:
+        """Where a projection computed here is written (None: memory only)."""
+        return self.directory / self.filename(model, space, method) if self.directory else None
 
     def cached(self, model: str, space: str, method: str, embeddings: np.ndarray) -> np.ndarray | None:
         key, fp = (model, space, method), fingerprint(embeddings)
         if key in self._memory and self._memory[key][0] == fp:
             return self._memory[key][1]
-        path = self.path(model, space, method)
-        if path is None or not path.is_file():
-            return None
-        with np.load(path) as f:
-            if str(f["fingerprint"]) != fp or f["xy"].shape != (len(embeddings), 2):
-                return None
-            xy = f["xy"].astype(np.float32)
-        self._memory[key] = (fp, xy)
-        return xy
+        for folder in (self.shipped, self.directory):
+            xy = load_projection(folder / self.filename(model, space, method), embeddings) if folder else None
+            if xy is not None:
+                self._memory[key] = (fp, xy)
+                return xy
+        return None
 
     def compute(self, model: str, space: str, method: str, embeddings: np.ndarray) -> np.ndarray:
-        """Project now (blocking), remember, and write the cache file when a directory is set (not for
+        """Project now (blocking), remember, and write the cache file when a cache dir is set (not for
         PCA, which is instant)."""
         xy = METHODS[method](embeddings)
         self._memory[(model, space, method)] = (fingerprint(embeddings), xy)
         path = self.path(model, space, method)
         if path is not None and method != "pca":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(path, xy=xy, fingerprint=fingerprint(embeddings), method=method, space=space)
+            save_projection(path, xy, embeddings, method, space)
         return xy
 
     def get(self, model: str, space: str, embeddings: np.ndarray, background: bool = True) -> tuple[np.ndarray, str]:

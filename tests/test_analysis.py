@@ -305,3 +305,62 @@ def test_definitions_are_sentences():
     assert define("nfe", "step_compression").count("\n") == 1
     with pytest.raises(KeyError, match="no definition"):
         define("speedup")
+
+
+def test_a_truncated_or_corrupt_projection_cache_is_recomputed(tmp_path, monkeypatch):
+    monkeypatch.setitem(codebook.METHODS, "umap", lambda e: np.asarray(e[:, :2], np.float32) * 2)
+    emb = np.random.default_rng(4).normal(size=(30, 4))
+    codebook.ProjectionStore(tmp_path, background=False).compute("m", "vq", "umap", emb)
+    path = tmp_path / "m_vq_umap.npz"
+    whole = path.read_bytes()
+    for broken in (whole[: len(whole) // 2], b"", b"not a zip file"):
+        path.write_bytes(broken)
+        store = codebook.ProjectionStore(tmp_path)
+        assert store.get("m", "vq", emb)[1] == "pca"  # not fatal: PCA now, UMAP refitted in the background
+        store.wait(10)
+        xy, method = store.get("m", "vq", emb)
+        assert method == "umap" and np.allclose(xy, emb[:, :2] * 2)
+        assert codebook.load_projection(path, emb) is not None  # the broken file was replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["m_vq_umap.npz"]  # no temporary file left behind
+
+
+def test_projection_cache_is_written_atomically(tmp_path, monkeypatch):
+    monkeypatch.setitem(codebook.METHODS, "umap", lambda e: np.zeros((len(e), 2), np.float32))
+    emb = np.random.default_rng(5).normal(size=(12, 3))
+    store = codebook.ProjectionStore(tmp_path, background=False)
+    store.compute("m", "gpt", "umap", emb)
+    before = (tmp_path / "m_gpt_umap.npz").read_bytes()
+
+    def interrupted(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", interrupted)
+    with pytest.raises(OSError, match="disk full"):
+        store.compute("m", "gpt", "umap", emb + 1)
+    assert (tmp_path / "m_gpt_umap.npz").read_bytes() == before  # the old file untouched, no half-written one
+    assert [p.name for p in tmp_path.iterdir()] == ["m_gpt_umap.npz"]
+
+
+def test_projections_are_never_written_into_the_source_tree(tmp_path, monkeypatch):
+    monkeypatch.setitem(codebook.METHODS, "umap", lambda e: np.ones((len(e), 2), np.float32))
+    emb = np.random.default_rng(6).normal(size=(10, 3))
+    repo = codebook.source_tree()
+    shipped = repo / "assets" / "projections"
+    before = sorted(p.name for p in shipped.iterdir()) if shipped.is_dir() else []
+    store = codebook.ProjectionStore(shipped, background=False)  # as the app passed it: only read
+    assert store.directory is None and store.path("tiny-fixture", "vq", "umap") is None
+    store.compute("tiny-fixture", "vq", "umap", emb)
+    assert (sorted(p.name for p in shipped.iterdir()) if shipped.is_dir() else []) == before
+    cache = codebook.ProjectionStore(tmp_path / "cache", background=False, shipped=shipped)
+    cache.compute("tiny-fixture", "vq", "umap", emb)
+    written = cache.path("tiny-fixture", "vq", "umap")
+    assert written.is_file() and not written.resolve().is_relative_to(repo)
+    assert codebook.default_cache_dir().name == "projections"
+
+
+def test_shipped_projections_are_read_before_the_cache(tmp_path):
+    emb = np.random.default_rng(7).normal(size=(8, 3))
+    codebook.save_projection(tmp_path / "shipped" / "m_vq_umap.npz", np.full((8, 2), 3.0), emb, "umap", "vq")
+    store = codebook.ProjectionStore(tmp_path / "cache", background=False, shipped=tmp_path / "shipped")
+    xy, method = store.get("m", "vq", emb)
+    assert method == "umap" and np.all(xy == 3.0) and not (tmp_path / "cache").exists()
