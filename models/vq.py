@@ -199,6 +199,16 @@ class Decoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
+@torch.no_grad()
+def nearest_codes(flat: torch.Tensor, emb: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """argmin_j ||flat_i - emb_j||^2 for flat [N, D], emb [V, D] -> [N], the official expression
+    (|z|^2 + |e|^2 - 2 z.e), in row chunks: the [N, V] table of a 16384-code book never exists at
+    once, and no graph is kept for it (argmin has no gradient)."""
+    e2 = emb.pow(2).sum(1)  # [V]
+    out = [(f.pow(2).sum(1, keepdim=True) + e2 - 2 * f @ emb.t()).argmin(1) for f in flat.split(chunk)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
 class VectorQuantizer(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
@@ -223,8 +233,7 @@ class VectorQuantizer(nn.Module):
             z = F.normalize(z, dim=-1)
         emb = self.codebook()
         flat = z.reshape(-1, self.e_dim)
-        dist = flat.pow(2).sum(1, keepdim=True) + emb.pow(2).sum(1) - 2 * flat @ emb.t()  # [N, V]
-        codes = dist.argmin(1)
+        codes = nearest_codes(flat.detach(), emb.detach())  # [N]
         z_q = emb[codes].view(z.shape)
         vq_loss = (z_q - z.detach()).pow(2).mean()
         commit_loss = self.beta * (z_q.detach() - z).pow(2).mean()
