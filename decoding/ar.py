@@ -9,6 +9,7 @@ token, top-1 probability, entropy) are computed together, and the trace is fille
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -26,9 +27,13 @@ class ARDecoder(Decoder):
 
     name = "ar"
     lossless = True
+    summary = "next-token sampling, one forward pass per token: the baseline of every comparison"
+    paper = "LlamaGen: Sun et al., arXiv 2406.06525 (2024), `generate()` / `sample()`"
+    paper_url = "https://arxiv.org/abs/2406.06525"
+    family = "ar"
 
     def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
-                recorder: TraceRecorder, clock: Clock) -> torch.Tensor:
+                recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
         n, vocab = model.info.num_tokens, model.info.vocab_size
         tokens = torch.empty(n, dtype=torch.long)
         uniforms = torch.rand(n, 1, dtype=torch.float64, generator=gen)  # one per token, in order

@@ -2,6 +2,9 @@
 
 A decoder is a small strategy object configured by its hyperparameters, stateless between
 calls, with one public method `generate(model, label, sampling, seed) -> DecodeResult`.
+It describes itself: its hyperparameters are `decoding.params.param` fields (range, help,
+choices), checked when it is built; the bounds that depend on a model (`window <= tokens`) are
+checked at the start of `generate`; class attributes name its paper and family.
 It talks to the model only through `models.interface.ARImageModel`'s methods
 (`prefill`, `forward_window`, `codebook_embeddings`, `token_embeddings`, `decode_tokens`,
 `info`), which any object with those methods can provide.
@@ -10,11 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 
+from decoding.params import validate, validate_for_model
 from decoding.sampling import SamplingSettings, top1_and_entropy
 from decoding.trace import StepRecord, Trace
 
@@ -138,11 +142,24 @@ class TraceRecorder:
         return self.trace
 
 
+FAMILIES = ("ar", "jacobi", "tree", "rows", "drafter")
+
+
 class Decoder:
-    """Base class: subclasses are dataclasses of hyperparameters and implement `_decode`."""
+    """Base class: subclasses are dataclasses of hyperparameters (`param(...)` fields) and implement
+    `_decode`; `prepare` builds what a decoder needs from a model (neighbour tables, thresholds)."""
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = False
+    summary: ClassVar[str] = ""  # one line: what it does
+    paper: ClassVar[str] = ""  # citation, e.g. "Teng et al., ICLR 2025 (arXiv 2410.01699)"
+    paper_url: ClassVar[str] = ""
+    group_noun: ClassVar[str] = ""  # what a draft's group is called ("neighbourhood", "group"); "" if none
+    family: ClassVar[Literal["ar", "jacobi", "tree", "rows", "drafter"]] = "ar"  # one of FAMILIES
+    greedy_equals_ar: ClassVar[bool] = True  # at temperature 0 its tokens must equal greedy `ar`'s
+
+    def __post_init__(self) -> None:
+        validate(self)  # every declared range; cross-field checks go in the subclass's __post_init__
 
     def settings(self) -> dict:
         return asdict(self) if hasattr(self, "__dataclass_fields__") else {}
@@ -153,12 +170,17 @@ class Decoder:
 
     def generate(self, model: ModelLike, label: int, sampling: SamplingSettings | None = None, seed: int = 0,
                  decode_image: bool = True) -> DecodeResult:
+        validate_for_model(self, model.info)  # before anything else: bounds taken from the model
         sampling = sampling or SamplingSettings()
+        sampling.validate_for_model(model.info)  # top_k <= vocabulary
+        if not 0 <= int(label) < model.info.num_classes:
+            raise ValueError(f"label must be a class id in [0, {model.info.num_classes - 1}], got {label}")
+        ctx = self.prepare(model)  # per-model tables, built (or read from their cache) before the clock starts
         gen = torch.Generator().manual_seed(int(seed))
         device = getattr(model, "device", None)
         recorder = TraceRecorder(model, self.name, {**self.settings(), **sampling.to_dict()}, int(seed), label)
         clock = Clock(device)
-        tokens = self._decode(model, int(label), sampling, gen, recorder, clock)
+        tokens = self._decode(model, int(label), sampling, gen, recorder, clock, ctx)
         trace = recorder.finish(clock)
         image = None
         if decode_image:
@@ -168,6 +190,11 @@ class Decoder:
             trace.vq_decode_s = time.perf_counter() - t
         return DecodeResult(tokens=tokens, trace=trace, image=image)
 
+    def prepare(self, model: ModelLike) -> Any:
+        """Per-model data the decoder needs (neighbour lists, thresholds), from a cache; once per call,
+        outside the timed decoding. Passed to `_decode` as `ctx`."""
+        return None
+
     def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
-                recorder: TraceRecorder, clock: Clock) -> torch.Tensor:
+                recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
         raise NotImplementedError

@@ -27,6 +27,7 @@ import torch
 
 from decoding.base import ModelLike
 from decoding.neighbours import distance_quantile, embedding_table, sq_distance_table
+from decoding.params import param
 from decoding.rules.gsd import group_member_ids, grouped_acceptance, gsd_group
 from decoding.speculative_jacobi import SpeculativeJacobi
 
@@ -35,40 +36,38 @@ EMBEDDING_SPACES = ("gpt", "vq")
 
 @dataclass
 class GSDDecoder(SpeculativeJacobi):
-    """group_size: G; prob_filter: max |p(x') - p(x)| (None: off); distance_threshold: absolute
-    squared-L2 bound (official 0.5); distance_quantile: bound as a quantile of the table's pairwise
-    squared distances (overrides nothing: set one of the two, or neither to switch the filter off);
-    embedding_space: 'gpt' | 'vq'."""
+    """SJD's `window` and `init`, plus the group's parameters below."""
 
     name = "gsd"
     lossless = False
-    group_size: int = 14
-    prob_filter: float | None = 0.15
-    distance_threshold: float | None = 0.5
-    distance_quantile: float | None = None
-    embedding_space: str = "gpt"
+    summary = "Grouped Speculative Decoding on SJD drafts: accept by the mass of the draft's group of similar tokens"
+    paper = "So et al., ICCV 2025 (arXiv 2508.07747)"
+    paper_url = "https://arxiv.org/abs/2508.07747"
+    group_noun = "group"
+    group_size: int = param(14, "G: tokens of the rank window around the draft, the draft included (official "
+                            "code 14, the paper's runs 25 and 50; 1: exactly sjd)",
+                            low=1, integer=True, model_bound="vocab_size")
+    prob_filter: float | None = param(0.15, "keep a token only if |p(x') - p(x)| is below this (official 0.15; "
+                                      "none: off, 0: exactly sjd)", low=0.0, high=1.0, optional=True)
+    distance_threshold: float | None = param(0.5, "keep a token only if its squared L2 embedding distance to the "
+                                             "draft is below this (official 0.5; none: off)",
+                                             low=0.0, optional=True)
+    distance_quantile: float | None = param(None, "instead of distance_threshold: the threshold as this quantile "
+                                            "of the pairwise squared distances (e.g. 0.05; none: off)",
+                                            low=0.0, high=1.0, low_open=True, optional=True, advanced=True)
+    embedding_space: str = param("gpt", "embeddings of the distance filter: 'gpt' the GPT's input token "
+                                 "embeddings (official), 'vq' the VQ codebook", choices=EMBEDDING_SPACES,
+                                 advanced=True, sweepable=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if int(self.group_size) != self.group_size or self.group_size < 1:
-            raise ValueError(f"group_size must be an integer >= 1, got {self.group_size}")
-        if self.prob_filter is not None and not self.prob_filter >= 0.0:
-            raise ValueError(f"prob_filter must be >= 0 or None, got {self.prob_filter}")
         if self.distance_threshold is not None and self.distance_quantile is not None:
             raise ValueError("set distance_threshold (absolute) or distance_quantile (relative), not both; "
                              "e.g. distance_threshold=None, distance_quantile=0.05")
-        if self.distance_threshold is not None and not self.distance_threshold >= 0.0:
-            raise ValueError(f"distance_threshold must be >= 0 or None, got {self.distance_threshold}")
-        if self.distance_quantile is not None and not 0.0 < self.distance_quantile <= 1.0:
-            raise ValueError(f"distance_quantile must be in (0, 1] or None, got {self.distance_quantile}")
-        if self.embedding_space not in EMBEDDING_SPACES:
-            raise ValueError(f"embedding_space must be one of {EMBEDDING_SPACES}, got {self.embedding_space!r}")
 
     def prepare(self, model: ModelLike) -> tuple[torch.Tensor | None, float | None, torch.Tensor | None]:
         """(embedding table [V, D] or None, squared-L2 threshold or None, [V, V] squared distances or
         None: small vocabularies only), from the per-model cache."""
-        if self.group_size > model.info.vocab_size:
-            raise ValueError(f"group_size={self.group_size} exceeds the vocabulary size {model.info.vocab_size}")
         if self.distance_quantile is not None:
             threshold = distance_quantile(model, self.embedding_space, self.distance_quantile)
         else:

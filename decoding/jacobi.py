@@ -22,10 +22,13 @@ from decoding.speculative_jacobi import SpeculativeJacobi, Verdict
 
 @dataclass
 class JacobiDecoder(SpeculativeJacobi):
-    """window: tokens fed per pass; init: initial drafts ('random' | 'horizontal' | 'vertical')."""
+    """Jacobi iteration with the deterministic 'token unchanged' test; `window` and `init` as SJD."""
 
     name = "jacobi"
     lossless = True
+    summary = "deterministic Jacobi decoding: a draft is kept iff it equals this pass's own sample"
+    paper = "Song et al., ICML 2021 (arXiv 2002.03629); Santilli et al., ACL 2023 (arXiv 2305.10427)"
+    paper_url = "https://arxiv.org/abs/2305.10427"
 
     def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor,
                gen: torch.Generator, ctx: Any) -> Verdict:

@@ -27,6 +27,7 @@ import torch
 
 from decoding.base import ModelLike
 from decoding.neighbours import neighbour_lists
+from decoding.params import param
 from decoding.rules.exact import acceptance_ratio
 from decoding.rules.lantern import lantern_members, lantern_relaxed_probability, lantern_target
 from decoding.speculative_jacobi import SpeculativeJacobi
@@ -36,35 +37,29 @@ CODEBOOK_SPACES = ("vq", "raw")
 
 @dataclass
 class LanternDecoder(SpeculativeJacobi):
-    """neighbourhood_k: size of B_k(x), the draft included; delta: TV budget per token (0.1 in the
-    official defaults, 0.4 'aggressive'); ratio_bound: LANTERN++'s lambda (None = off; the official
-    runs use 5-20); codebook_space: 'vq' | 'raw'; l2_normalise: re-normalise the codebook first."""
+    """SJD's `window` and `init`, plus the relaxation's parameters below."""
 
     name = "lantern"
     lossless = False
-    neighbourhood_k: int = 10
-    delta: float = 0.1
-    ratio_bound: float | None = None
-    codebook_space: str = "vq"
-    l2_normalise: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if int(self.neighbourhood_k) != self.neighbourhood_k or self.neighbourhood_k < 1:
-            raise ValueError(f"neighbourhood_k must be an integer >= 1 (the draft included), "
-                             f"got {self.neighbourhood_k}")
-        if not 0.0 <= self.delta <= 1.0:
-            raise ValueError(f"delta (a total-variation budget) must be in [0, 1], got {self.delta}")
-        if self.ratio_bound is not None and not self.ratio_bound >= 1.0:
-            raise ValueError(f"ratio_bound (lambda) must be >= 1 or None, got {self.ratio_bound}")
-        if self.codebook_space not in CODEBOOK_SPACES:
-            raise ValueError(f"codebook_space must be one of {CODEBOOK_SPACES}, got {self.codebook_space!r}")
+    summary = "LANTERN's relaxed acceptance on SJD drafts: a draft takes the mass of its nearest codes, within delta"
+    paper = "Jang et al., ICLR 2025 (arXiv 2410.03355); LANTERN++: arXiv 2502.06352"
+    paper_url = "https://arxiv.org/abs/2410.03355"
+    group_noun = "neighbourhood"
+    neighbourhood_k: int = param(10, "size of B_k(x), the codes nearest the draft, the draft included (1: no "
+                                 "relaxation; the official --lantern_k counts one fewer)",
+                                 low=1, integer=True, model_bound="vocab_size")
+    delta: float = param(0.1, "total-variation budget per token: the most target mass moved onto the draft "
+                         "(official default 0.1, 'aggressive' 0.4; 0: exactly sjd)", low=0.0, high=1.0)
+    ratio_bound: float | None = param(None, "LANTERN++'s lambda: p~(x) <= lambda p(x) (official runs 5-20; "
+                                      "none: off, 1: exactly sjd)", low=1.0, optional=True, advanced=True)
+    codebook_space: str = param("vq", "where nearness is measured: 'vq' the codebook as the image decoder uses it "
+                                "(l2-normalised), 'raw' the un-normalised weights (the official code)",
+                                choices=CODEBOOK_SPACES, advanced=True, sweepable=False)
+    l2_normalise: bool = param(False, "re-normalise the codebook before measuring distances", advanced=True,
+                               sweepable=False)
 
     def prepare(self, model: ModelLike) -> torch.Tensor:
         """[V, k - 1] int32 nearest codes of every code, from the per-model cache."""
-        if self.neighbourhood_k > model.info.vocab_size:
-            raise ValueError(f"neighbourhood_k={self.neighbourhood_k} exceeds the vocabulary size "
-                             f"{model.info.vocab_size}")
         return neighbour_lists(model, self.codebook_space, self.neighbourhood_k - 1, self.l2_normalise)
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,

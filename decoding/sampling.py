@@ -1,45 +1,66 @@
 """Logit processing and sampling: pure tensor functions shared by every decoder.
 
 Order as in LlamaGen `sample()`: (CFG is applied by the model interface) -> temperature ->
-top-k -> top-p -> softmax. Temperature 0 means greedy: the distribution is one-hot on the
-argmax (ties to the lowest id), so every decoder's "sampling" becomes argmax.
+top-k -> top-p -> softmax. A temperature below GREEDY_BELOW (1e-4, 0 included) means greedy: the
+distribution is one-hot on the argmax (ties to the lowest id), so every decoder's "sampling"
+becomes argmax. (Dividing by a tiny temperature overflows float32 to inf and softmax to NaN;
+LlamaGen divides by max(T, 1e-5) instead, which is sampling, not argmax, at T = 0.)
+
+`logits_to_probs` is the fast path (skips what changes nothing, writes into a given buffer);
+`logits_to_probs_reference` is the plain version, and a test holds the two equal.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+
+from decoding.params import param, validate, validate_for_model
+
+GREEDY_BELOW = 1e-4
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    cfg_scale: float = 4.0
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
+    """How the target p is made from the guided logits. Ranges are enforced on construction
+    (`top_k <= vocabulary` when a decoder meets the model). Temperature below 1e-4 is greedy."""
+
+    cfg_scale: float = param(4.0, "classifier-free guidance scale s: logits u + s (c - u) (1: no guidance)",
+                             low=1.0, high=50.0)
+    temperature: float = param(1.0, "softmax temperature; below 1e-4 (0 included) greedy: argmax", low=0.0)
+    top_k: int = param(0, "keep the k most likely tokens (0: off)", low=0, integer=True, model_bound="vocab_size")
+    top_p: float = param(1.0, "keep the smallest set of tokens with this much probability (1: off)",
+                         low=0.0, high=1.0, low_open=True)
 
     def __post_init__(self) -> None:
-        if not self.cfg_scale >= 1.0:
-            raise ValueError(f"cfg_scale must be >= 1, got {self.cfg_scale}")
-        if not self.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if int(self.top_k) != self.top_k or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        validate(self)
+
+    def validate_for_model(self, info: Any) -> None:
+        """The bound that depends on the model: top_k <= vocabulary size."""
+        validate_for_model(self, info)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _check_target(p: torch.Tensor) -> torch.Tensor:
+    if torch.isnan(p).any():
+        raise ValueError("the target probabilities contain NaN (the model's logits are NaN or infinite); "
+                         "refusing to sample from them")
+    return p
+
+
 def logits_to_probs(logits: torch.Tensor, s: SamplingSettings, out: torch.Tensor | None = None) -> torch.Tensor:
-    """[..., V] guided logits -> target distribution p [..., V] (float32), written into `out` if given."""
+    """[..., V] guided logits -> target distribution p [..., V] (float32), written into `out` if given.
+    NaN logits (or +-inf, whose softmax is NaN) raise ValueError instead of giving a garbage sample."""
     logits = logits.float()
     if s.greedy:
+        _check_target(logits)  # argmax would pick a NaN
         p = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
         return p if out is None else out.copy_(p)
     if s.temperature != 1.0:  # dividing by 1 changes nothing; skipping it saves an operation per call
@@ -48,13 +69,40 @@ def logits_to_probs(logits: torch.Tensor, s: SamplingSettings, out: torch.Tensor
         kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if s.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
-        remove = cum > s.top_p
-        remove[..., 1:] = remove[..., :-1].clone()  # keep the first token above the threshold
-        remove[..., 0] = False
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    return torch.softmax(logits, dim=-1) if out is None else torch.softmax(logits, dim=-1, out=out)
+        logits = logits.masked_fill(_top_p_removed(logits, s.top_p), float("-inf"))
+    return _check_target(torch.softmax(logits, dim=-1) if out is None else torch.softmax(logits, dim=-1, out=out))
+
+
+def _top_p_removed(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """[..., V] bool: tokens outside the nucleus (the first token above the threshold is kept)."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+    remove = cum > top_p
+    remove[..., 1:] = remove[..., :-1].clone()  # keep the first token above the threshold
+    remove[..., 0] = False
+    return remove.scatter(-1, order, remove)
+
+
+def logits_to_probs_reference(logits: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    """The plain version of `logits_to_probs` (LlamaGen's `top_k_top_p_filtering` order), row by row:
+    what the fast path must equal."""
+    rows = logits.float().reshape(-1, logits.shape[-1])
+    out = torch.empty_like(rows)
+    for i, row in enumerate(rows):
+        if s.greedy:
+            out[i] = torch.nn.functional.one_hot(row.argmax(), len(row)).float()
+            continue
+        row = row / s.temperature
+        if 0 < s.top_k < len(row):
+            row = torch.where(row < torch.sort(row, descending=True).values[s.top_k - 1], float("-inf"), row)
+        if s.top_p < 1.0:
+            order = torch.sort(row, descending=True).indices
+            cum = torch.softmax(row[order], -1).cumsum(-1)
+            removed = torch.cat([torch.tensor([False]), cum[:-1] > s.top_p])  # shifted: keep the first above
+            row = row.clone()
+            row[order[removed]] = float("-inf")
+        out[i] = torch.softmax(row, -1)
+    return _check_target(out.view(logits.shape))
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -78,6 +126,21 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     if u.device != cdf.device:
         u = u.to(cdf.device)
     return torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_max_(probs.shape[-1] - 1)
+
+
+def inverse_cdf_reference(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The plain version of `inverse_cdf` for [K, V] probabilities and [K, 1] uniforms: walk each row's
+    running sum (float64) to the first token past u * total; what the fast path must equal."""
+    out = torch.empty(len(probs), 1, dtype=torch.long)
+    for i, row in enumerate(probs.double().tolist()):
+        threshold, running = float(u[i, 0]) * sum(row), 0.0
+        out[i, 0] = len(row) - 1
+        for token, mass in enumerate(row):
+            running += mass
+            if running > threshold:
+                out[i, 0] = token
+                break
+    return out
 
 
 def top1_and_entropy(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,8 +23,10 @@ from decoding.speculative_jacobi import SpeculativeJacobi
 
 @dataclass
 class SJDDecoder(SpeculativeJacobi):
-    """window: tokens fed per pass (the last committed one included), default 16 as the official
-    code; init: 'random' | 'horizontal' | 'vertical' initial drafts."""
+    """The exact rule of `SpeculativeJacobi`, with its `window` and `init`."""
 
     name = "sjd"
     lossless = True
+    summary = "Speculative Jacobi Decoding: the previous pass's samples verified by min(1, p/q)"
+    paper = "Teng et al., ICLR 2025 (arXiv 2410.01699)"
+    paper_url = "https://arxiv.org/abs/2410.01699"

@@ -25,11 +25,13 @@ from decoding.speculative_jacobi import Resolution, SpeculativeJacobi, Verdict
 
 @dataclass
 class SJDCoupledDecoder(SpeculativeJacobi):
-    """window: tokens fed per pass (SCD reports best results with long windows, e.g. 32-64);
-    init: initial drafts ('random' | 'horizontal' | 'vertical')."""
+    """SJD's `window` and `init` (SCD reports its best results with long windows, e.g. 32-64)."""
 
     name = "sjd-coupled"
     lossless = True
+    summary = "SJD whose next drafts are maximally coupled to the old ones (SCD), so they stop flickering"
+    paper = "Speculative Coupled Decoding (SCD / MC-SJD), ICML 2026 (arXiv 2510.24211)"
+    paper_url = "https://arxiv.org/abs/2510.24211"
 
     def resolve(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor, verdict: Verdict,
                 r: int, gen: torch.Generator, ctx: Any) -> Resolution:

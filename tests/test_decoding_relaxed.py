@@ -160,5 +160,5 @@ def test_bad_settings_fail_loudly(name, params, message):
 
 
 def test_lantern_neighbourhood_larger_than_vocabulary_fails(model):
-    with pytest.raises(ValueError, match="exceeds the vocabulary"):
+    with pytest.raises(ValueError, match=r"neighbourhood_k must be in \[1, vocab_size\] \(here 64\), got 65"):
         make_decoder("lantern", neighbourhood_k=65).generate(model, 0, SETTINGS[0], seed=0)
