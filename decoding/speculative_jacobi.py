@@ -32,6 +32,7 @@ import torch
 
 from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
 from decoding.drafts import DRAFT_INITS, initial_drafts, one_hot_q
+from decoding.params import param
 from decoding.rules.exact import acceptance_ratio, first_rejection, residual
 from decoding.sampling import SamplingSettings, logits_to_probs, sample
 from decoding.window_trace import PassLog, record_passes
@@ -65,20 +66,13 @@ class Resolution:
 class SpeculativeJacobi(Decoder):
     """Base of the Jacobi-window decoders; on its own it is SJD's exact rule (see `sjd.py`)."""
 
-    window: int = 16
-    init: str = "random"
+    family = "jacobi"
+    window: int = param(16, "tokens fed per forward pass, the last committed one included (official SJD: 16)",
+                        low=2, integer=True, model_bound="num_tokens")
+    init: str = param("random", "initial drafts of new window slots: uniform ids, the left or the upper "
+                      "neighbour (SJD Fig. 9)", choices=DRAFT_INITS)
 
-    def __post_init__(self) -> None:
-        if int(self.window) != self.window or self.window < 2:
-            raise ValueError(f"window must be an integer >= 2 (the last token plus drafts), got {self.window}")
-        if self.init not in DRAFT_INITS:
-            raise ValueError(f"init must be one of {DRAFT_INITS}, got {self.init!r}")
-
-    # -- the varying parts ------------------------------------------------------------------
-    def prepare(self, model: ModelLike) -> Any:
-        """Per-model data the rule needs (neighbour lists, embeddings), from a cache; once per call."""
-        return None
-
+    # -- the varying parts (`prepare(model)`, inherited, builds the `ctx` they receive) -------------
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
                    ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(acceptance probability [D], group members [D, G]); the exact rule min(1, p(x) / q(x)).
@@ -131,10 +125,9 @@ class SpeculativeJacobi(Decoder):
 
     # -- the loop ---------------------------------------------------------------------------
     def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
-                recorder: TraceRecorder, clock: Clock) -> torch.Tensor:
+                recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
         info = model.info
         n, vocab, width = info.num_tokens, info.vocab_size, info.grid_shape[1]
-        ctx = self.prepare(model)
         tokens = torch.zeros(n, dtype=torch.long)
 
         # 1. prefill: the target of position 0 and one token from it
