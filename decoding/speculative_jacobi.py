@@ -14,7 +14,11 @@ tyshiwo1/Accelerating-T2I-AR-with-SJD):
    rejection. There, one token is drawn from the residual ('resampled'); if every draft was
    accepted and a position remains, y at the last row is committed ('bonus').
 5. The samples y after the first rejection become the next pass's drafts, with q = this pass's p
-   (as in the official code). New initial drafts have a one-hot q (as in the official code).
+   (as in the official code). New initial drafts have a one-hot q (as in the official code), or with
+   `uniform_q` (random drafts only) the uniform q = 1/V they were drawn from, so a fresh slot is
+   accepted with probability min(1, V p(x)), on average 1 - TV(p, uniform) instead of 1/V; lossless
+   all the same (SJD-PAC, KangJialiang/SJD-PAC `get_multi_token_for_preparation`: uniform over the
+   image vocabulary).
 The KV cache needs no rollback: the model interface is position-addressed. The logits come back
 to the CPU after each forward ([L, V], as `ar` does), and all the decoder's logic runs there, with
 the CPU generator of `Decoder.generate`, so the random stream does not depend on the device.
@@ -71,6 +75,15 @@ class SpeculativeJacobi(Decoder):
                         low=2, integer=True, model_bound="num_tokens")
     init: str = param("random", "initial drafts of new window slots: uniform ids, the left or the upper "
                       "neighbour (SJD Fig. 9)", choices=DRAFT_INITS)
+    uniform_q: bool = param(False, "score fresh random drafts with the uniform q they were drawn from (1/V, so "
+                            "acceptance min(1, V p(x))) instead of a one-hot q; lossless; init='random' only "
+                            "(SJD-PAC's get_multi_token_for_preparation)", advanced=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.uniform_q and self.init != "random":
+            raise ValueError(f"uniform_q=True needs init='random' (a copied neighbour is a deterministic draft, its "
+                             f"q is one-hot), got init={self.init!r}")
 
     # -- the varying parts (`prepare(model)`, inherited, builds the `ctx` they receive) -------------
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
@@ -92,7 +105,9 @@ class SpeculativeJacobi(Decoder):
         # random ids need no known tokens: skip copying the committed ones
         known = committed if self.init == "random" else torch.cat([committed, pending])
         new = initial_drafts(self.init, known, count - n_pending, grid_width, vocab_size, gen)  # [count - P]
-        return torch.cat([pending, new]), torch.cat([q_pending, one_hot_q(new, vocab_size)])  # [count], [count, V]
+        # uniform_q: the q random ids were drawn from (1/V each); otherwise one-hot, as the official SJD
+        q_new = torch.full((len(new), vocab_size), 1.0 / vocab_size) if self.uniform_q else one_hot_q(new, vocab_size)
+        return torch.cat([pending, new]), torch.cat([q_pending, q_new])  # [count], [count, V]
 
     def verify(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor,
                gen: torch.Generator, ctx: Any) -> Verdict:

@@ -40,6 +40,8 @@ LOSSLESS = [
     ("sjd", {"window": 4, "init": "horizontal"}, TOP_K),
     ("sjd-coupled", {"window": 4}, SAMPLING),
     ("sjd-coupled", {"window": 3, "init": "horizontal"}, TOP_K),
+    ("sjd", {"window": 4, "uniform_q": True}, SAMPLING),
+    ("sjd-coupled", {"window": 4, "uniform_q": True}, TOP_K),
 ]
 
 
