@@ -28,7 +28,7 @@ class ARDecoder(Decoder):
     name = "ar"
     lossless = True
     summary = "next-token sampling, one forward pass per token: the baseline of every comparison"
-    paper = "LlamaGen: Sun et al., arXiv 2406.06525 (2024), `generate()` / `sample()`"
+    paper = "LlamaGen (Sun et al., arXiv 2406.06525, 2024): its generate() and sample()"
     paper_url = "https://arxiv.org/abs/2406.06525"
     family = "ar"
 
