@@ -1,16 +1,28 @@
-"""One contract for every registered decoder (a new decoder is tested with no new test code), and
-the plug-in of a user's decoder by import path."""
+"""One contract for every registered decoder (a new decoder is tested with no new test code: the
+lists come from the registry, and a decoder registered at test time goes through the same checks),
+and the plug-in of a user's decoder by import path."""
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-from decoding.base import Decoder
-from decoding.registry import DECODERS, decoder_class, make_decoder
+from decoding.base import FAMILIES, Decoder
+from decoding.params import check_value, param
+from decoding.registry import (
+    DECODERS,
+    decoder_class,
+    decoder_table_markdown,
+    describe_decoder,
+    greedy_family,
+    lossless_decoders,
+    make_decoder,
+)
 from decoding.sampling import SamplingSettings
+from decoding.sjd import SJDDecoder
 from decoding.trace import COMMIT_KINDS, Trace
 from models.registry import load_model
 
@@ -52,8 +64,21 @@ def check_trace(trace: Trace, n: int, decoder: Decoder) -> None:
     assert trace.forward_s > 0 and trace.overhead_s >= 0 and trace.vq_decode_s > 0
 
 
-@pytest.mark.parametrize("name", sorted(DECODERS))
-def test_decoder_contract(model, name):
+def check_description(name: str) -> None:
+    """The class describes itself: metadata filled, every hyperparameter with help and a valid default."""
+    cls = decoder_class(name)
+    assert cls.name == name and cls.summary and "\n" not in cls.summary and cls.paper
+    assert cls.family in FAMILIES and isinstance(cls.lossless, bool) and isinstance(cls.greedy_equals_ar, bool)
+    assert cls.paper_url == "" or cls.paper_url.startswith("https://")
+    specs = describe_decoder(name)
+    assert [s.name for s in specs] == cls.parameter_names()
+    for spec in specs:
+        assert spec.meta.help, f"{name}.{spec.name} has no help text"
+        check_value(spec.name, spec.default, spec)  # the default is in range
+
+
+def check_contract(model, name: str) -> None:
+    check_description(name)
     decoder = make_decoder(name)
     assert decoder.name == name and set(decoder.settings()) == set(type(decoder).parameter_names())
     n = model.info.num_tokens
@@ -67,14 +92,71 @@ def test_decoder_contract(model, name):
         assert again.to_dict() == result.trace.to_dict()
         same = decoder.generate(model, label, SAMPLING, seed=seed, decode_image=False)
         assert torch.equal(same.tokens, result.tokens)  # a seed fixes the output
+        assert same.trace.to_dict()["steps"] == [  # and the whole trace but its timings
+            {**s, "forward_s": t["forward_s"], "overhead_s": t["overhead_s"]}
+            for s, t in zip(result.trace.to_dict()["steps"], same.trace.to_dict()["steps"])]
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in DECODERS.items() if c.lossless))
-def test_lossless_decoders_are_greedy_exact(model, name):
+def check_greedy_equals_ar(model, name: str) -> None:
     ar = make_decoder("ar")
     for label in (2, 6):
         ref = ar.generate(model, label, GREEDY, seed=0, decode_image=False).tokens
         assert torch.equal(make_decoder(name).generate(model, label, GREEDY, seed=3, decode_image=False).tokens, ref)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_decoder_contract(model, name):
+    check_contract(model, name)
+
+
+@pytest.mark.parametrize("name", greedy_family())
+def test_greedy_family_is_greedy_ar(model, name):
+    check_greedy_equals_ar(model, name)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_nan_logits_are_refused_not_sampled(model, name):
+    with pytest.raises(ValueError, match="NaN"):
+        make_decoder(name).generate(NaNAfterPrefill(model), 0, SAMPLING, seed=0, decode_image=False)
+    with pytest.raises(ValueError, match="NaN"):
+        make_decoder(name).generate(NaNAfterPrefill(model), 0, GREEDY, seed=0, decode_image=False)
+
+
+class NaNAfterPrefill:
+    """The model, but every forward after the prefill returns NaN logits (a broken checkpoint)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, attr):
+        return getattr(self._model, attr)
+
+    def forward_window(self, tokens, start):
+        return torch.full_like(self._model.forward_window(tokens, start), float("nan"))
+
+
+@dataclass
+class EchoSJD(SJDDecoder):
+    """A decoder defined at test time: SJD with one extra (ignored) hyperparameter."""
+
+    name = "test-echo-sjd"
+    summary = "SJD registered by a test"
+    paper = "none (a test)"
+    paper_url = ""
+    echo: int = param(3, "an ignored test parameter", low=1, high=9, integer=True)
+
+
+def test_a_new_decoder_is_one_registry_line(model, monkeypatch):
+    assert EchoSJD.name not in lossless_decoders() and EchoSJD.name not in decoder_table_markdown()
+    monkeypatch.setitem(DECODERS, EchoSJD.name, EchoSJD)
+    assert EchoSJD.name in lossless_decoders() and EchoSJD.name in greedy_family()
+    assert "| `test-echo-sjd` | SJD registered by a test | yes |" in decoder_table_markdown()
+    assert "`echo` = 3 in [1, 9]" in decoder_table_markdown()
+    assert [s.name for s in describe_decoder(EchoSJD.name)][-1] == "echo"
+    check_contract(model, EchoSJD.name)
+    check_greedy_equals_ar(model, EchoSJD.name)
+    with pytest.raises(ValueError, match=r"decoder 'test-echo-sjd': echo must be in \[1, 9\], got 10"):
+        make_decoder(EchoSJD.name, echo=10)
 
 
 def test_trace_from_json_rejects_a_broken_trace(model):
