@@ -60,10 +60,13 @@ def ambiguity_maps(trace: Trace) -> go.Figure:
                                               "how each token was committed"))
     domains = panel_domains(3)
     for i, v in enumerate(views):
-        fig.add_trace(map_trace(trace, v, table, colorbar_x=domains[i][1] + 0.01), 1, i + 1)
+        fig.add_trace(map_trace(trace, v, table, domain=domains[i]), 1, i + 1)
     for entry in kind_legend(set(trace.commit_kind)):
         fig.add_trace(entry, 1, 3)
     square_axes(fig, trace.grid_shape, 3)
     set_domains(fig, domains)
-    fig.update_layout(legend=dict(orientation="h", x=0.55, y=-0.18))
-    return finish(fig, f"ambiguity on the grid · {trace.decoder} · {trace.class_name} · seed {trace.seed}", height=420)
+    fig.update_layout(legend=dict(orientation="v", x=domains[2][0], y=-0.2, yanchor="top", font_size=13,
+                                  title_text="committed as:"))
+    fig = finish(fig, f"ambiguity on the grid · {trace.decoder} · {trace.class_name} · seed {trace.seed}", height=500)
+    fig.update_layout(margin_b=140)
+    return fig

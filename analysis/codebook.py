@@ -286,17 +286,18 @@ class CodeHighlight:
     def gallery(self, limit: int = 48) -> list[tuple[int, str]]:
         """(code, caption) for a patch gallery: the code, its nearest codes, then codes of its groups, of
         the groups it joined and of the position's group not shown yet; at most `limit`. Captions carry
-        the plot's marks (HIGHLIGHT_MARKS), e.g. '40 ○ d=0.65 ◇': nearest, at L2 distance 0.65, in its groups."""
+        the plot's marks (HIGHLIGHT_MARKS), short enough for a thumbnail (about 12 characters), e.g.
+        '40 ○ d=0.65◇': nearest, at L2 distance 0.65, in its groups."""
         marks = HIGHLIGHT_MARKS
         roles: dict[int, list[str]] = {self.code: [marks["picked"]]}
         for c, d in zip(self.neighbours.tolist(), self.distances.tolist()):
-            roles.setdefault(c, []).append(f"{marks['neighbours']} d={d:.2f}")
+            roles.setdefault(c, []).append(f"{marks['neighbours']} d={d:.3g}")
         for mark, codes in ((marks["as_draft"], self.as_draft), (marks["as_member"], self.as_member),
                             (marks["position"], self.position_group)):
             for c in codes.tolist():
                 if mark not in roles.setdefault(c, []):
                     roles[c].append(mark)
-        return [(c, " ".join([str(c), *r])) for c, r in list(roles.items())[:limit]]
+        return [(c, f"{c} {''.join(r)}") for c, r in list(roles.items())[:limit]]  # marks unspaced: thumbnails
 
     def summary(self) -> dict:
         """The highlight as plain numbers (the app's JSON panel)."""
@@ -381,7 +382,8 @@ def codebook_figure(xy: np.ndarray, stats: CodeStats | None = None, colour_by: s
     if highlight is not None:
         _add_highlight(fig, xy, highlight)
     fig.update_xaxes(title_text=f"{method.upper()} 1", showticklabels=False, zeroline=False)
-    fig.update_yaxes(title_text=f"{method.upper()} 2", showticklabels=False, zeroline=False, scaleanchor="x")
+    # no equal aspect: it left two thirds of a wide plot empty; the 2-D distances are only a guide anyway
+    fig.update_yaxes(title_text=f"{method.upper()} 2", showticklabels=False, zeroline=False)
     fig.update_layout(legend=dict(orientation="h", y=-0.12))
     return finish(fig, f"{SPACES.get(space, space)} · {vocab} codes · {method.upper()}", height=560)
 

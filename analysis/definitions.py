@@ -14,9 +14,11 @@ DEFINITIONS: dict[str, str] = {
     "mean_accepted_drafts": "Accepted drafts per pass = drafts accepted per forward pass, the resampled or "
                             "bonus token excluded.",
     "acceptance_rate": "Acceptance rate = accepted drafts / drafts verified.",
-    "acceptance_by_depth": "Depth d = the d-th draft of a verified window (0 = the first). Rate = accepted / "
-                           "verified at depth d; conditional rate = accepted / verified at depth d among windows "
-                           "whose drafts before d were all accepted.",
+    "acceptance_by_depth": "Depth d = a draft's distance from the committed prefix (1 = the first draft of a "
+                           "window; in a tree, its level). Rate = accepted / verified at depth d; conditional rate "
+                           "= the same among drafts whose earlier drafts (ancestors) were all accepted, drawn only "
+                           "where it differs from the rate. Rates from fewer than 5 drafts are not drawn; the bars "
+                           "count the drafts verified.",
     "commit_step": "Commit step = the forward pass whose output committed the token at that position.",
     "commit_kind": "How a token was committed: draft (accepted by the exact rule), relaxed (accepted only thanks "
                    "to LANTERN's or GSD's relaxation), resampled (drawn from the residual after a rejection), "

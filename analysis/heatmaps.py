@@ -89,10 +89,18 @@ def _hover(trace: Trace, table: PositionTable) -> tuple[np.ndarray, str]:
     return custom, template
 
 
+def colorbar_below(domain: tuple[float, float], title: str) -> dict:
+    """A horizontal colour bar under a panel whose x domain is `domain`: it can never run into the
+    panel on its right (vertical bars beside square panels did)."""
+    return dict(orientation="h", x=(domain[0] + domain[1]) / 2, xanchor="center", y=-0.22, yanchor="top",
+                len=0.8 * (domain[1] - domain[0]), thickness=12, title=dict(text=title, side="top"))
+
+
 def map_trace(trace: Trace, view: str = "kind", table: PositionTable | None = None,
-              colorbar_x: float | None = None) -> go.Heatmap:
-    """The heatmap trace of one view, in grid coordinates (x = column, y = row). The kind view has
-    no colour bar: `kind_legend()` gives its legend entries."""
+              colorbar_x: float | None = None, domain: tuple[float, float] | None = None) -> go.Heatmap:
+    """The heatmap trace of one view, in grid coordinates (x = column, y = row); with the panel's x
+    `domain`, its colour bar lies under the panel. The kind view has no colour bar: `kind_legend()` gives
+    its legend entries."""
     if view not in VIEWS:
         raise ValueError(f"unknown map view {view!r}; choose from {list(VIEWS)}")
     table = table or position_table(trace)
@@ -101,6 +109,8 @@ def map_trace(trace: Trace, view: str = "kind", table: PositionTable | None = No
     colorbar = dict(title=dict(text=COLORBAR_TITLES[view], side="right"), thickness=14, len=0.85)
     if colorbar_x is not None:
         colorbar["x"] = colorbar_x
+    if domain is not None:
+        colorbar = colorbar_below(domain, COLORBAR_TITLES[view])
     kw: dict = dict(colorscale=SEQUENTIAL, colorbar=colorbar)
     if view == "kind":
         n = len(COMMIT_KINDS)
@@ -136,8 +146,9 @@ def square_axes(fig: go.Figure, grid_shape: tuple[int, int], n_panels: int, firs
                          row=1, col=i, **ticks)
 
 
-def panel_domains(n_panels: int, share: float = 0.74) -> list[tuple[float, float]]:
-    """Equal slots; each panel takes the left `share` of its slot, its colour bar sits right of it."""
+def panel_domains(n_panels: int, share: float = 0.86) -> list[tuple[float, float]]:
+    """Equal slots; each panel takes the left `share` of its slot (the rest is the gap to the next one;
+    colour bars go under the panels: `colorbar_below`)."""
     slot = 1.0 / n_panels
     return [(i * slot, i * slot + share * slot) for i in range(n_panels)]
 
@@ -167,7 +178,7 @@ def acceptance_maps(trace: Trace, image: np.ndarray | None = None, views: tuple[
         col = i + 1 + beside
         if overlay and image is not None:
             fig.add_trace(image_trace(image, trace.grid_shape), 1, col)
-        heat = map_trace(trace, v, table, colorbar_x=domains[col - 1][1] + 0.01)
+        heat = map_trace(trace, v, table, domain=domains[col - 1])
         if overlay and image is not None:
             heat.opacity = 0.6
         fig.add_trace(heat, 1, col)
@@ -177,11 +188,14 @@ def acceptance_maps(trace: Trace, image: np.ndarray | None = None, views: tuple[
     square_axes(fig, trace.grid_shape, panels)
     set_domains(fig, domains)
     fig.update_annotations(font_size=14)
-    fig.update_layout(legend=dict(orientation="h", x=0.0, y=-0.18, title_text="committed as: "),
-                      plot_bgcolor="#FFFFFF")
+    kind_x = domains[beside + views.index("kind")][0] if "kind" in views else 0.0
+    fig.update_layout(legend=dict(orientation="v", x=kind_x, y=-0.2, yanchor="top", title_text="committed as:",
+                                  font_size=13), plot_bgcolor="#FFFFFF")
     title = title or (f"{trace.decoder} · {trace.class_name} · seed {trace.seed} · NFE {trace.nfe} · "
                       f"step compression {trace.step_compression:.2f}")
-    return finish(fig, title, height=440)
+    fig = finish(fig, title, height=520)
+    fig.update_layout(margin_b=140)
+    return fig
 
 
 def acceptance_map(trace: Trace, view: str = "kind", image: np.ndarray | None = None, overlay: bool = False,

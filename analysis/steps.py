@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.heatmaps import image_trace, panel_domains, set_domains, square_axes
+from analysis.structure import all_pass_nodes
 from analysis.style import EARLIER, KIND_COLOURS, KIND_LABELS, NOT_YET, decoder_colour, empty_figure, finish
 from decoding.trace import COMMIT_KINDS, Trace
 
@@ -31,10 +32,16 @@ def kinds_per_pass(trace: Trace) -> dict[str, np.ndarray]:
 
 @dataclass
 class DepthStats:
+    """Index d of each array = depth d + 1 (depth 1 = the first draft after the committed prefix)."""
+
     verified: np.ndarray  # [D] drafts verified at depth d
     accepted: np.ndarray  # [D]
-    reached: np.ndarray  # [D] verified at depth d with every earlier draft of the window accepted
+    reached: np.ndarray  # [D] verified at depth d with every earlier draft (every ancestor in a tree) accepted
     accepted_reached: np.ndarray  # [D]
+
+    @property
+    def depths(self) -> np.ndarray:
+        return np.arange(1, len(self.verified) + 1)
 
     @property
     def rate(self) -> np.ndarray:
@@ -46,19 +53,17 @@ class DepthStats:
 
 
 def acceptance_by_depth(traces: Sequence[Trace]) -> DepthStats:
-    """Acceptance by the draft's depth in its verified window, pooled over traces."""
-    depth = max((len(s.positions) for t in traces for s in t.steps), default=0)
+    """Acceptance by the draft's depth (its distance from the committed prefix: its index in a chain
+    window, its level in a tree), pooled over traces."""
+    passes = [nodes for t in traces for nodes in all_pass_nodes(t) if len(nodes.depths)]
+    depth = max((int(nodes.depths.max()) for nodes in passes), default=0)
     stats = DepthStats(*(np.zeros(depth, dtype=int) for _ in range(4)))
-    for t in traces:
-        for s in t.steps:
-            prefix_ok = True
-            for d, acc in enumerate(s.accepted):
-                stats.verified[d] += 1
-                stats.accepted[d] += acc
-                if prefix_ok:
-                    stats.reached[d] += 1
-                    stats.accepted_reached[d] += acc
-                prefix_ok = prefix_ok and acc
+    for nodes in passes:
+        d, reached = nodes.depths - 1, nodes.reached
+        np.add.at(stats.verified, d, 1)
+        np.add.at(stats.accepted, d, nodes.accepted.astype(int))
+        np.add.at(stats.reached, d, reached.astype(int))
+        np.add.at(stats.accepted_reached, d, (reached & nodes.accepted).astype(int))
     return stats
 
 
@@ -91,29 +96,45 @@ def accepted_length_figure(trace: Trace) -> go.Figure:
     return finish(fig, title, height=380)
 
 
-def depth_figure(traces_by_name: dict[str, Sequence[Trace]]) -> go.Figure:
-    """Acceptance rate (solid) and conditional rate (dashed) by depth, one colour per decoder."""
-    fig = go.Figure()
+def depth_figure(traces_by_name: dict[str, Sequence[Trace]], min_drafts: int = 5) -> go.Figure:
+    """Acceptance rate (solid) and conditional rate (dashed, drawn only where it differs from the rate)
+    by depth, one colour per decoder; below, the drafts verified at each depth. Rates from fewer than
+    `min_drafts` drafts are not drawn (a single draft would show as 0 or 1)."""
+    if min_drafts < 1:
+        raise ValueError(f"min_drafts must be >= 1, got {min_drafts}")
+    fig = make_subplots(2, 1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
+    hidden = 0
     for i, (name, traces) in enumerate(traces_by_name.items()):
         stats = acceptance_by_depth(traces)
         if not len(stats.verified):
             continue
-        d = np.arange(len(stats.verified))
-        colour = decoder_colour(i)
-        fig.add_trace(go.Scatter(x=d, y=stats.rate, mode="lines+markers", name=f"{name}: rate", line_color=colour,
-                                 customdata=np.stack([stats.accepted, stats.verified], -1),
-                                 hovertemplate="depth %{x}: %{customdata[0]}/%{customdata[1]} = %{y:.2f}"
-                                               "<extra>" + name + "</extra>"))
-        fig.add_trace(go.Scatter(x=d, y=stats.conditional_rate, mode="lines+markers", name=f"{name}: conditional",
-                                 line=dict(color=colour, dash="dash"),
-                                 customdata=np.stack([stats.accepted_reached, stats.reached], -1),
-                                 hovertemplate="depth %{x}: %{customdata[0]}/%{customdata[1]} = %{y:.2f}"
-                                               "<extra>" + name + " (conditional)</extra>"))
+        colour, d = decoder_colour(i), stats.depths
+        rate = np.where(stats.verified >= min_drafts, stats.rate, np.nan)
+        conditional = np.where(stats.reached >= min_drafts, stats.conditional_rate, np.nan)
+        hidden += int(((stats.verified > 0) & (stats.verified < min_drafts)).sum())
+        fig.add_trace(_rate_line(d, rate, stats.accepted, stats.verified, f"{name}: rate", name, colour), 1, 1)
+        both = ~np.isnan(rate) & ~np.isnan(conditional)  # the conditional adds a line only where it differs
+        if not np.allclose(rate[both], conditional[both]) or (np.isnan(rate) & ~np.isnan(conditional)).any():
+            fig.add_trace(_rate_line(d, conditional, stats.accepted_reached, stats.reached, f"{name}: conditional",
+                                     f"{name} (conditional)", colour, dash="dash"), 1, 1)
+        fig.add_trace(go.Bar(x=d, y=stats.verified, name=f"{name}: drafts", marker_color=colour, showlegend=False,
+                             hovertemplate="depth %{x}: %{y} drafts verified<extra>" + name + "</extra>"), 2, 1)
     if not fig.data:
         return empty_figure("no drafts were verified (plain AR has none)")
-    fig.update_xaxes(title_text="depth in the verified window (0 = first draft)", dtick=1)
-    fig.update_yaxes(title_text="acceptance rate", range=[0, 1.05])
-    return finish(fig, "acceptance by depth in the window", height=380)
+    fig.update_xaxes(title_text="depth (1 = first draft after the committed prefix)", dtick=1, row=2, col=1)
+    fig.update_yaxes(title_text="acceptance rate", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="drafts", row=2, col=1)
+    fig.update_layout(barmode="group", bargap=0.15)
+    note = f" · {hidden} depth(s) with < {min_drafts} drafts not drawn" if hidden else ""
+    return finish(fig, "acceptance by depth" + note, height=460)
+
+
+def _rate_line(d: np.ndarray, rate: np.ndarray, k: np.ndarray, n: np.ndarray, name: str, hover_name: str,
+               colour: str, dash: str = "solid") -> go.Scatter:
+    return go.Scatter(x=d, y=rate, mode="lines+markers", name=name, line=dict(color=colour, dash=dash),
+                      customdata=np.stack([k, n], -1), connectgaps=False,
+                      hovertemplate="depth %{x}: %{customdata[0]}/%{customdata[1]} = %{y:.2f}"
+                                    "<extra>" + hover_name + "</extra>")
 
 
 # -- replay ------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_replay_states_and_frames(traces):
 def test_step_figures_build(traces):
     assert isinstance(steps.accepted_length_figure(traces[2]), go.Figure)
     fig = steps.depth_figure({"sjd": [traces[1]], "ar": [traces[0]]})
-    assert {d.name for d in fig.data} == {"sjd: rate", "sjd: conditional"}
+    assert {d.name for d in fig.data} == {"sjd: rate", "sjd: conditional", "sjd: drafts"}
     assert "no drafts" in steps.depth_figure({"ar": [traces[0]]}).layout.annotations[0].text
 
 
@@ -200,7 +200,7 @@ def test_code_highlight_collects_the_groups_a_code_formed_and_joined():
     assert h.as_draft.tolist() == [3] and h.n_as_draft == 1  # its own group, itself excluded
     assert h.as_member.tolist() == [2, 7] and h.n_as_member == 1  # the group of draft 7 held 6
     assert h.position_draft == 7 and h.position_group.tolist() == [7, 6, 2]
-    assert h.gallery() == [(6, "6 ★ ●"), (5, "5 ○ d=3.52"), (7, "7 ○ d=3.82 □ ●"), (3, "3 ◇"), (2, "2 □ ●")]
+    assert h.gallery() == [(6, "6 ★●"), (5, "5 ○ d=3.52"), (7, "7 ○ d=3.82□●"), (3, "3 ◇"), (2, "2 □●")]
     assert h.summary()["GSD groups formed as the draft"] == 1 and h.summary()["position"]["group"] == [7, 6, 2]
     rejected = codebook.code_highlight(emb, 9, 1, grouped_trace(), position=3)  # 9 was resampled over draft 8
     assert rejected.position_draft == 8 and rejected.position_group.tolist() == [8] and rejected.n_as_draft == 0
@@ -364,3 +364,16 @@ def test_shipped_projections_are_read_before_the_cache(tmp_path):
     store = codebook.ProjectionStore(tmp_path / "cache", background=False, shipped=tmp_path / "shipped")
     xy, method = store.get("m", "vq", emb)
     assert method == "umap" and np.all(xy == 3.0) and not (tmp_path / "cache").exists()
+
+
+def test_depth_figure_hides_thin_depths_and_drops_a_conditional_equal_to_the_rate():
+    t = tiny_trace()
+    t.steps[1].accepted, t.steps[1].relaxed = [True, False, False], [False, False, False]  # stop at 1st rejection
+    fig = steps.depth_figure({"x": [t] * 5})  # 5 windows: depths 1..3 have 5 drafts each
+    assert [d.name for d in fig.data] == ["x: rate", "x: drafts"]  # conditional == rate: not drawn twice
+    assert list(fig.data[0].y) == [1.0, 0.0, 0.0] and list(fig.data[1].y) == [5, 5, 5]
+    thin = steps.depth_figure({"x": [t] * 4})
+    assert np.isnan(np.asarray(thin.data[0].y, dtype=float)).all()  # 4 drafts per depth: no 0/1 points
+    assert "3 depth(s) with < 5 drafts not drawn" in thin.layout.title.text
+    with pytest.raises(ValueError, match="min_drafts must be >= 1"):
+        steps.depth_figure({"x": [t]}, min_drafts=0)
