@@ -2,21 +2,33 @@
 
 The input is an iterable of `SweepSample`s (a setting, the trace of one image, the class it was
 generated for and the class a classifier predicts for it); running the decoders is the caller's
-job. Quality is, for now, class consistency under the shipped Fashion-MNIST classifier.
+job (`decoding.sweep.run_sweep`). Quality is class consistency under the shipped Fashion-MNIST
+classifier; the distribution metrics (FD in SpecLens-classifier space, KID, ...) come from
+`decoding.quality`, whose frontier `frontier_png` draws. When the samples hold `ar` images (setting
+{"decoder": "ar"}), the table puts that row first and gives every row its speedup over it.
 """
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+import matplotlib
 
-from analysis.steps import acceptance_rate
-from analysis.style import decoder_colour, finish
-from decoding.trace import Trace
+matplotlib.use("Agg")  # noqa: E402 - headless; set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+from plotly.subplots import make_subplots  # noqa: E402
+
+from analysis.steps import acceptance_rate  # noqa: E402
+from analysis.style import decoder_colour, finish  # noqa: E402
+from decoding.trace import Trace  # noqa: E402
+
+BASELINE = "ar"
+METRIC_COLUMNS = {"images", "acceptance rate", "step compression", "mean NFE", "decode s / image", "speedup vs ar",
+                  "class consistency"}
 
 
 @dataclass
@@ -35,8 +47,13 @@ def setting_label(setting: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in setting.items())
 
 
+def is_baseline(setting: dict) -> bool:
+    return setting.get("decoder") == BASELINE and all(v is None for k, v in setting.items() if k != "decoder")
+
+
 def sweep_table(samples: Iterable[SweepSample]) -> list[dict]:
-    """One row per setting (in first-seen order), means over its images."""
+    """One row per setting (in first-seen order, the `ar` baseline first), means over its images;
+    "speedup vs ar" = ar's mean decode s / the row's (None without ar images)."""
     groups: dict[str, list[SweepSample]] = {}
     for s in samples:
         groups.setdefault(setting_key(s.setting), []).append(s)
@@ -50,18 +67,22 @@ def sweep_table(samples: Iterable[SweepSample]) -> list[dict]:
                      "step compression": round(float(np.mean([t.step_compression for t in traces])), 3),
                      "mean NFE": round(float(np.mean([t.nfe for t in traces])), 1),
                      "decode s / image": round(float(np.mean([t.decode_s for t in traces])), 4),
+                     "speedup vs ar": None,
                      "class consistency": round(float(np.mean([s.predicted == s.label for s in predicted])), 3)
                      if predicted else None})
+    base = [r for r in rows if is_baseline({k: v for k, v in r.items() if k not in METRIC_COLUMNS})]
+    if base:
+        rows = base + [r for r in rows if r is not base[0]]
+        for r in rows:
+            r["speedup vs ar"] = round(base[0]["decode s / image"] / max(r["decode s / image"], 1e-12), 3)
     return rows
 
 
 def _series(rows: Sequence[dict], parameter: str) -> dict[str, list[dict]]:
     """Rows split by every setting column except the swept parameter (e.g. one curve per decoder)."""
-    metric_cols = {"images", "acceptance rate", "step compression", "mean NFE", "decode s / image",
-                   "class consistency"}
     series: dict[str, list[dict]] = {}
     for r in rows:
-        rest = {k: v for k, v in r.items() if k not in metric_cols and k != parameter}
+        rest = {k: v for k, v in r.items() if k not in METRIC_COLUMNS and k != parameter}
         series.setdefault(setting_label(rest) or "all", []).append(r)
     return series
 
@@ -87,8 +108,10 @@ def sweep_curves(rows: Sequence[dict], parameter: str) -> go.Figure:
         fig.update_xaxes(title_text=parameter, row=1, col=j + 1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=3)
-    fig.update_layout(legend=dict(orientation="h", y=-0.25))
-    return finish(fig, f"sweep over {parameter}", height=380)
+    fig = finish(fig, f"sweep over {parameter}", height=440)
+    # legend below the axis titles, with the bottom margin to hold both (they were cut off)
+    fig.update_layout(legend=dict(orientation="h", y=-0.3, yanchor="top", x=0), margin=dict(b=120))
+    return fig
 
 
 def speed_quality_figure(rows: Sequence[dict], parameter: str | None = None) -> go.Figure:
@@ -98,9 +121,66 @@ def speed_quality_figure(rows: Sequence[dict], parameter: str | None = None) -> 
         text = [f"{parameter}={r.get(parameter)}" if parameter else "" for r in rs]
         fig.add_trace(go.Scatter(x=[r["step compression"] for r in rs], y=[r["class consistency"] for r in rs],
                                  mode="markers+text", text=text, textposition="top center", name=name,
-                                 marker=dict(size=12, color=decoder_colour(i)),
+                                 marker=dict(size=12, color=decoder_colour(i)), cliponaxis=False,
                                  hovertemplate="%{text}<br>step compression %{x}<br>class consistency %{y}"
                                                f"<extra>{name}</extra>"))
     fig.update_xaxes(title_text="step compression (tokens / forward pass) →  faster")
-    fig.update_yaxes(title_text="class consistency →  better", range=[0, 1.05])
-    return finish(fig, "speed against quality, one point per setting", height=420)
+    fig.update_yaxes(title_text="class consistency →  better", range=[0, 1.12])
+    fig = finish(fig, "speed against quality, one point per setting", height=460)
+    fig.update_layout(legend=dict(orientation="h", y=-0.2, yanchor="top", x=0), margin=dict(b=110, r=40))
+    return fig
+
+
+# -- static frontier (PNG) ------------------------------------------------------------------------------
+def wilson_interval(hits: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion hits / n (Wilson 1927)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(centre - half), float(centre + half))
+
+
+def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[float, float] | None = None,
+                 lower_is_better: bool = True, dpi: int = 110) -> bytes:
+    """Speed against quality, one point per decoder/setting with its interval, as PNG bytes.
+
+    points: dicts with "name", "x" (step compression), "y", and optional "y_lo", "y_hi";
+    floor: the (low, high) band of the ar-vs-ar noise floor, drawn behind the points."""
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), constrained_layout=True)
+    if floor is not None and all(np.isfinite(floor)):
+        ax.axhspan(floor[0], floor[1], color="#BBBBBB", alpha=0.35, lw=0, label="ar vs ar (other seeds), 95%")
+    for i, p in enumerate(points):
+        y, lo, hi = p["y"], p.get("y_lo", p["y"]), p.get("y_hi", p["y"])
+        err = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
+        ax.errorbar([p["x"]], [y], yerr=err, fmt="o", ms=7, capsize=4, color=decoder_colour(i), label=p["name"])
+        ax.annotate(p["name"], (p["x"], y), xytext=(6, 6), textcoords="offset points", fontsize=9)
+    ax.set_xlabel("step compression (tokens / forward pass)  →  faster")
+    ax.set_ylabel(y_label + ("  (lower is better)" if lower_is_better else "  (higher is better)"))
+    ax.set_title(title, fontsize=11)
+    ax.margins(x=0.15, y=0.15)  # room for the point labels inside the axes
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def sweep_frontier_png(rows: Sequence[dict], parameter: str) -> bytes:
+    """The sweep's frontier: step compression against class consistency (Wilson 95% intervals);
+    without a classifier, against the speedup over ar."""
+    with_quality = [r for r in rows if r.get("class consistency") is not None]
+    points = []
+    for r in rows:
+        rest = {k: v for k, v in r.items() if k not in METRIC_COLUMNS}
+        name = BASELINE if is_baseline(rest) else f"{parameter}={r.get(parameter)}"
+        if with_quality:
+            lo, hi = wilson_interval(r["class consistency"] * r["images"], r["images"])
+            points.append({"name": name, "x": r["step compression"], "y": r["class consistency"],
+                           "y_lo": lo, "y_hi": hi})
+        else:
+            points.append({"name": name, "x": r["step compression"], "y": r["speedup vs ar"] or 1.0})
+    label = "class consistency" if with_quality else "speedup vs ar (wall clock)"
+    return frontier_png(points, label, f"sweep over {parameter}: speed against quality", lower_is_better=False)
