@@ -1,8 +1,9 @@
 """Acceptance on the token grid: per-position tables from a trace, and the interactive maps.
 
 Each position's draft statistics (q, acceptance probability, group size) are those of the draft
-verified there in the forward pass that committed the position; a position committed with no draft
-verified there (prefill, bonus token) has none (NaN).
+verified there in the forward pass that committed the position (in a tree: the node on the accepted path,
+else the last sibling rejected there); a position committed with no draft verified there (prefill, bonus
+token) has none (NaN).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.definitions import DEFINITIONS
+from analysis.structure import pass_nodes
 from analysis.style import KIND_COLOURS, KIND_LABELS, SEQUENTIAL, finish, kind_colorscale
 from decoding.trace import COMMIT_KINDS, Trace
 
@@ -52,10 +54,13 @@ def position_table(trace: Trace) -> PositionTable:
     draft_token = np.full(n, -1)
     commit_step = np.asarray(trace.commit_step)
     for s in trace.steps:
-        for i, pos in enumerate(s.positions):
-            if commit_step[pos] == s.index:
+        taken: set[int] = set()  # positions whose node on the accepted path was found (a tree has siblings)
+        for i, (pos, on_path) in enumerate(zip(s.positions, pass_nodes(s, trace.grid_shape[1]).on_path.tolist())):
+            if commit_step[pos] == s.index and pos not in taken:
                 q[pos], accept_prob[pos] = s.q_draft[i], s.accept_prob[i]
                 group[pos], draft_token[pos] = s.group_size[i], s.draft_tokens[i]
+                if on_path:
+                    taken.add(pos)
     return PositionTable(step=commit_step, kind=np.array([COMMIT_KINDS.index(k) for k in trace.commit_kind]),
                          token=np.asarray(trace.tokens), p=np.asarray(trace.commit_p), q=q, draft_token=draft_token,
                          accept_prob=accept_prob, group_size=group, top1=np.asarray(trace.commit_top1),

@@ -38,6 +38,17 @@ class PassNodes:
     def is_chain(self) -> bool:
         return bool(np.array_equal(self.parents, np.arange(len(self.parents)) - 1))
 
+    @property
+    def branches(self) -> bool:
+        """Two nodes share a parent and a position: alternative drafts for one position (a tree)."""
+        pairs = list(zip(self.parents.tolist(), self.positions.tolist()))
+        return len(set(pairs)) < len(pairs)
+
+    @property
+    def root_rows(self) -> set[int]:
+        """Rows of the nodes that hang from the committed prefix: one per row decoded in parallel."""
+        return set(self.rows[self.parents < 0].tolist())
+
 
 def _field(step: StepRecord, name: str) -> list | None:
     values = getattr(step, name, None)
@@ -64,8 +75,8 @@ def all_pass_nodes(trace: Trace) -> list[PassNodes]:
 
 
 def is_tree(trace: Trace) -> bool:
-    """Some pass verified a node whose parent is not the node before it (a branching tree)."""
-    return any(not nodes.is_chain for nodes in all_pass_nodes(trace))
+    """Some pass verified alternative drafts for one position (SJD-PAC's siblings, a draft tree)."""
+    return any(nodes.branches for nodes in all_pass_nodes(trace))
 
 
 def active_rows(trace: Trace) -> list[list[int]]:
@@ -80,16 +91,9 @@ def active_rows(trace: Trace) -> list[list[int]]:
 
 
 def is_multi_row(trace: Trace) -> bool:
-    """Some pass verified nodes on two or more rows that are not just a chain wrapping a row end."""
-    for s, nodes in zip(trace.steps, all_pass_nodes(trace)):
-        if len(set(nodes.rows.tolist())) > 1 and not _raster_chain(nodes):
-            return True
-    return False
-
-
-def _raster_chain(nodes: PassNodes) -> bool:
-    """Consecutive raster positions (a plain Jacobi window, which may wrap onto the next row)."""
-    return nodes.is_chain and bool(np.all(np.diff(nodes.positions) == 1))
+    """Some pass decoded several rows at once (ZipAR, PJD): its nodes hang from the committed prefix on
+    two or more rows (a raster window that wraps onto the next row has one root)."""
+    return any(len(nodes.root_rows) > 1 for nodes in all_pass_nodes(trace))
 
 
 def tree_layout(nodes: PassNodes) -> tuple[np.ndarray, np.ndarray]:
