@@ -230,20 +230,25 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)
         return self.resid_dropout(self.wo(out))
 
-    def forward_inference(self, x: torch.Tensor, freqs: torch.Tensor, start: int,
+    def forward_inference(self, x: torch.Tensor, freqs: torch.Tensor, slots: slice | torch.Tensor,
                           mask: torch.Tensor | None) -> torch.Tensor:
-        """x: [B, S, dim] at positions start..start+S-1; writes their K/V into the cache and attends to
-        positions 0..start+S-1 under `mask` ([S, start+S] additive, or None: every position visible)."""
+        """x: [B, S, dim] with its rotary table `freqs` [S, Dh/2, 2]; writes their K/V into the cache rows
+        `slots` (a slice start:start+S for a chain, or a LongTensor [S]) and attends to cache rows
+        0..end-1 under `mask` ([S, end] additive), or, with no mask, to rows 0..slots.stop-1 (every one)."""
         bsz, seqlen, _ = x.shape
         n_qk = self.n_head + self.n_kv_head
         qkv = linear(x, self.wqkv)  # [B, S, (H + 2 Hkv) Dh]
         qk = apply_rotary_emb(qkv[..., :n_qk * self.head_dim].view(bsz, seqlen, n_qk, self.head_dim), freqs)
         q, k = qk.transpose(1, 2).split([self.n_head, self.n_kv_head], dim=1)  # [B, H, S, Dh], [B, Hkv, S, Dh]
         v = qkv[..., n_qk * self.head_dim:].view(bsz, seqlen, self.n_kv_head, self.head_dim).transpose(1, 2)
-        end = start + seqlen
         k_cache, v_cache = self.cache
-        k_cache[:bsz, :, start:end] = k
-        v_cache[:bsz, :, start:end] = v
+        if isinstance(slots, slice):
+            k_cache[:bsz, :, slots] = k
+            v_cache[:bsz, :, slots] = v
+        else:  # scattered rows (tree nodes, several row windows)
+            k_cache[:bsz].index_copy_(2, slots, k.to(k_cache.dtype))
+            v_cache[:bsz].index_copy_(2, slots, v.to(v_cache.dtype))
+        end = mask.shape[-1] if mask is not None else slots.stop
         k, v = k_cache[:bsz, :, :end], v_cache[:bsz, :, :end]  # [B, Hkv, end, Dh]
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -264,8 +269,8 @@ class TransformerBlock(nn.Module):
         h = x + self.attention(self.attention_norm(x), freqs, input_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
-    def forward_inference(self, x, freqs, start, mask):
-        h = x + self.attention.forward_inference(self.attention_norm(x), freqs, start, mask)
+    def forward_inference(self, x, freqs, slots, mask):
+        h = x + self.attention.forward_inference(self.attention_norm(x), freqs, slots, mask)
         return h + self.feed_forward.forward_inference(self.ffn_norm(h))
 
 
@@ -326,14 +331,20 @@ class GPT(nn.Module):
         return logits[:, self.cls_token_num - 1 :]
 
     # -- cached, position-addressed decoding -----------------------------------------
-    def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> None:
+    def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None, scratch_slots: int = 0) -> None:
+        """Allocate the static KV cache: one row per sequence position (condition tokens, then the image
+        tokens in raster order), then `scratch_slots` rows for nodes that must not overwrite a position's
+        row (tree siblings, see `forward_nodes`)."""
+        if not isinstance(scratch_slots, int) or scratch_slots < 0:
+            raise ValueError(f"scratch_slots must be an integer >= 0, got {scratch_slots!r}")
         dtype = dtype or self.tok_embeddings.weight.dtype
         device = self.tok_embeddings.weight.device
         for layer in self.layers:
             att = layer.attention
-            shape = (batch_size, att.n_kv_head, self.max_seq_length, att.head_dim)
+            shape = (batch_size, att.n_kv_head, self.max_seq_length + scratch_slots, att.head_dim)
             att.cache = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self._cache_batch = batch_size
+        self.cache_slots = self.max_seq_length + scratch_slots
         # additive causal mask (0 where position i sees position j, else -inf); a window's mask is a slice.
         # Additive rather than bool: attention would otherwise convert a bool mask in every layer. Rows
         # padded to a multiple of 16 so that GPU attention kernels take the slice without a copy.
@@ -345,6 +356,10 @@ class GPT(nn.Module):
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.attention.cache = None
+
+    def _require_cache(self) -> None:
+        if self.layers[0].attention.cache is None:
+            raise RuntimeError("call setup_cache(batch_size) before the cached forward")
 
     def forward_cached(self, input_pos: torch.Tensor, tokens: torch.Tensor | None = None,
                        labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -360,12 +375,12 @@ class GPT(nn.Module):
             raise ValueError(f"input_pos must be consecutive positions, got {positions}")
         return self.forward_at(start, tokens=tokens, labels=labels)
 
-    def forward_at(self, start: int, tokens: torch.Tensor | None = None,
-                   labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_at(self, start: int, tokens: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                   return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """`forward_cached` for the positions start, start+1, ... (as many as tokens, or the
-        condition tokens for `labels`). Inference only: no dropout. Returns logits [B, S, V]."""
-        if self.layers[0].attention.cache is None:
-            raise RuntimeError("call setup_cache(batch_size) before the cached forward")
+        condition tokens for `labels`). Inference only: no dropout. Returns logits [B, S, V], or with
+        `return_hidden` (logits, hidden [B, S, dim]), hidden being the final-norm'd input of the head."""
+        self._require_cache()
         if labels is not None:
             h = self.cls_embedding(labels, train=False)[:, : self.cls_token_num]
         else:
@@ -374,7 +389,41 @@ class GPT(nn.Module):
         if end > self.max_seq_length:
             raise ValueError(f"position {end - 1} is beyond the model's sequence length {self.max_seq_length}")
         mask = None if h.shape[1] == 1 else self._causal[start:end, :end]  # one token sees the whole prefix
-        freqs = self.freqs_cis[start:end]
+        return self._run_cached(h, self.freqs_cis[start:end], slice(start, end), mask, return_hidden)
+
+    def forward_nodes(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, sees: torch.Tensor,
+                      return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The cached forward over K nodes that need not form a chain (a tree, several row windows).
+
+        tokens: [B, K] image tokens; positions: [K] their sequence positions (the RoPE rows; several nodes
+        may share one); slots: [K] distinct cache rows their K/V are written to; sees: bool [K, R]
+        (R <= cache rows), node i attends to cache row j where sees[i, j] (its own slot included).
+        Checking that these make sense is the caller's job (`ARImageModel.forward_nodes`).
+        Returns logits [B, K, V], or with `return_hidden` (logits, hidden [B, K, dim])."""
+        self._require_cache()
+        device = self.tok_embeddings.weight.device
+        seen = sees.any(0).nonzero()
+        end = int(seen.max()) + 1 if len(seen) else 1  # attend to cache rows 0..end-1 only
+        width = find_multiple(end, 16) if device.type == "cuda" else end  # aligned rows for GPU kernels
+        dtype = self.layers[0].attention.cache[0].dtype
+        mask = torch.full((sees.shape[0], width), float("-inf"), dtype=dtype, device=device)
+        mask[:, :end].masked_fill_(sees[:, :end].to(device), 0.0)  # additive [K, end]
+        h = F.embedding(tokens.to(device), self.tok_embeddings.weight)  # [B, K, dim]
+        freqs = self.freqs_cis[positions.to(device)]  # [K, Dh/2, 2]
+        return self._run_cached(h, freqs, slots.to(device), mask[:, :end], return_hidden)
+
+    def _run_cached(self, h, freqs, slots, mask, return_hidden):
         for layer in self.layers:
-            h = layer.forward_inference(h, freqs, start, mask)
-        return linear(self.norm(h), self.output).float()
+            h = layer.forward_inference(h, freqs, slots, mask)
+        hidden = self.norm(h)  # [B, S, dim]
+        logits = linear(hidden, self.output).float()  # [B, S, V]
+        return (logits, hidden) if return_hidden else logits
+
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy the K/V of cache rows `src` [M] to rows `dst` [M] in every layer (both CFG halves)."""
+        self._require_cache()
+        device = self.tok_embeddings.weight.device
+        src, dst = src.to(device), dst.to(device)
+        for layer in self.layers:
+            for cache in layer.attention.cache:
+                cache.index_copy_(2, dst, cache.index_select(2, src))  # gathered first: overlaps are safe
