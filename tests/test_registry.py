@@ -1,10 +1,22 @@
-"""Models by name: the bundled model samples reproducibly; hub models fail clearly offline."""
+"""Models and decoders by name: the bundled model samples reproducibly; hub models fail clearly offline;
+every decoder and sampling range is enforced with a message naming the parameter; the README table is
+the registry's."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
-from decoding.registry import make_decoder
+from decoding.params import ParamSpec, check_value, describe, validate_for_model
+from decoding.registry import (
+    DECODERS,
+    decoder_table_markdown,
+    describe_decoder,
+    greedy_family,
+    lossless_decoders,
+    make_decoder,
+)
 from decoding.sampling import SamplingSettings
 from models import registry
 
@@ -61,3 +73,125 @@ def test_bundled_sampling_shape_and_reproducible_per_seed(bundled):
     assert torch.equal(a.tokens, b.tokens) and (a.image == b.image).all()
     assert not torch.equal(a.tokens, c.tokens)
     assert a.trace.tokens == b.trace.tokens and a.trace.commit_p == b.trace.commit_p
+
+
+# -- every declared range is enforced by its owner ----------------------------------------------
+
+def outside_values(spec: ParamSpec) -> list:
+    """Values just outside each bound of a hyperparameter (model bounds excluded: see below), and
+    values of the wrong kind."""
+    m = spec.meta
+    if m.choices is not None:
+        values = ["not-a-choice"]
+    elif spec.kind is bool:
+        values = ["yes", 1]
+    else:
+        step = 1 if m.integer or spec.kind is int else 1e-6
+        values = [float("nan"), "1"]
+        if m.low is not None:
+            values.append(m.low if m.low_open else m.low - step)
+        if m.high is not None:
+            values.append(m.high if m.high_open else m.high + step)
+        if step == 1:
+            values.append((m.low if m.low is not None else 0) + 1.5)  # not an integer
+    return values if m.optional else [*values, None]
+
+
+def all_specs() -> list[tuple[str, ParamSpec]]:
+    return [(name, spec) for name in DECODERS for spec in describe_decoder(name)]
+
+
+@pytest.mark.parametrize("name,spec", all_specs(), ids=[f"{n}.{s.name}" for n, s in all_specs()])
+def test_every_decoder_parameter_refuses_values_outside_its_range(name, spec):
+    for value in outside_values(spec):
+        with pytest.raises(ValueError, match=rf"decoder '{name}': {spec.name} must"):
+            make_decoder(name, **{spec.name: value})
+
+
+@pytest.mark.parametrize("spec", describe(SamplingSettings), ids=lambda s: s.name)
+def test_every_sampling_field_refuses_values_outside_its_range(spec):
+    for value in outside_values(spec):
+        with pytest.raises(ValueError, match=rf"^{spec.name} must"):
+            SamplingSettings(**{spec.name: value})
+
+
+@pytest.mark.parametrize("name,spec", all_specs(), ids=[f"{n}.{s.name}" for n, s in all_specs()])
+def test_every_bound_itself_is_allowed(name, spec):
+    m = spec.meta
+    for bound, is_open in ((m.low, m.low_open), (m.high, m.high_open)):
+        if bound is not None and not is_open:
+            check_value(spec.name, bound, spec)
+    for choice in m.choices or ():
+        check_value(spec.name, choice, spec)
+
+
+def model_bound_cases() -> list[tuple[str, str]]:
+    cases = [(name, spec.name) for name, spec in all_specs() if spec.meta.model_bound]
+    return cases + [("sampling", spec.name) for spec in describe(SamplingSettings) if spec.meta.model_bound]
+
+
+@pytest.mark.parametrize("name,param", model_bound_cases(), ids=[f"{n}.{p}" for n, p in model_bound_cases()])
+def test_model_bounds_against_the_bundled_model(bundled, name, param):
+    """One past the bundled model's vocabulary / token count is refused when the decoder meets the
+    model (before anything runs); the bound itself passes."""
+    specs = describe(SamplingSettings) if name == "sampling" else describe_decoder(name)
+    spec = next(s for s in specs if s.name == param)
+    info = bundled.info
+    bound = {"vocab_size": info.vocab_size, "num_tokens": info.num_tokens, "grid_width": info.grid_shape[1],
+             "grid_height": info.grid_shape[0]}[spec.meta.model_bound]
+    assert bound in (1024, 196)  # the bundled model: vocabulary 1024, 14 x 14 tokens
+
+    def run(value):
+        if name == "sampling":
+            sampling = SamplingSettings(**{param: value})
+            sampling.validate_for_model(info)
+            return make_decoder("ar").generate(bundled, 0, sampling, seed=0, decode_image=False)
+        decoder = make_decoder(name, **{param: value})
+        validate_for_model(decoder, info)
+        return decoder.generate(bundled, 0, SamplingSettings(), seed=0, decode_image=False)
+
+    with pytest.raises(ValueError, match=rf"{param} must be in .*{spec.meta.model_bound}.*\(here {bound}\), "
+                                         rf"got {bound + 1}"):
+        run(bound + 1)
+    if name == "sampling":
+        SamplingSettings(**{param: bound}).validate_for_model(info)
+    else:
+        validate_for_model(make_decoder(name, **{param: bound}), info)
+
+
+def test_make_decoder_names_the_unknown_parameter_and_what_the_decoder_takes():
+    with pytest.raises(ValueError, match=r"decoder 'sjd' has no parameter\(s\) \['group_size'\]; it takes \["):
+        make_decoder("sjd", group_size=3)
+    with pytest.raises(ValueError, match=r"decoder 'ar' has no parameter\(s\) \['window'\]; it takes none"):
+        make_decoder("ar", window=3)
+
+
+def test_cross_field_rule_stays_with_its_decoder():
+    with pytest.raises(ValueError, match="not both"):
+        make_decoder("gsd", distance_threshold=0.5, distance_quantile=0.1)
+    make_decoder("gsd", distance_threshold=None, distance_quantile=1.0)
+
+
+def test_registry_lists_follow_the_classes():
+    assert lossless_decoders() == [n for n, c in DECODERS.items() if c.lossless]
+    assert {"ar", "jacobi", "sjd", "sjd-coupled"} <= set(lossless_decoders())
+    assert not {"lantern", "gsd"} & set(lossless_decoders())
+    assert greedy_family() == [n for n, c in DECODERS.items() if c.greedy_equals_ar]
+    assert describe_decoder("gsd") == describe(DECODERS["gsd"])
+    with pytest.raises(ValueError, match="unknown decoder"):
+        describe_decoder("nope")
+
+
+# -- the README's table is the registry's ----------------------------------------------------------
+
+def test_readme_decoders_table_is_the_generated_one():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = readme.split("## Decoders\n", 1)[1].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    table = "\n".join(lines[first:end]) + "\n"  # the section's first table
+    assert table == decoder_table_markdown(), (
+        "README.md's Decoders table is stale: replace it with decoding.registry.decoder_table_markdown()")
+    for name, cls in DECODERS.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert cls.summary in row and all(f"`{s.name}`" in row for s in describe(cls))
