@@ -1,22 +1,20 @@
-"""Greedy (temperature 0): the lossless Jacobi-window decoders reproduce plain greedy AR token for
-token, whatever the window, the draft initialisation, and with drafts that are always right or
-never right. On the tiny golden-fixture model (4 x 4 tokens, vocabulary 64)."""
+"""Greedy (temperature 0, or below 1e-4): the Jacobi-window decoders of the registry's greedy family
+(`greedy_family()`: the lossless ones, and the relaxed ones at their defaults) reproduce plain greedy
+AR token for token, whatever the window, the draft initialisation, and with drafts that are always
+right or never right. On the tiny golden-fixture model (4 x 4 tokens, vocabulary 64)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from decoding_helpers import oracle
 
-from decoding.jacobi import JacobiDecoder
-from decoding.registry import make_decoder
+from decoding.registry import DECODERS, greedy_family, make_decoder
 from decoding.sampling import SamplingSettings
-from decoding.sjd import SJDDecoder
-from decoding.sjd_coupled import SJDCoupledDecoder
 from models.registry import load_model
 
 GREEDY = [SamplingSettings(cfg_scale=4.0, temperature=0.0), SamplingSettings(cfg_scale=1.0, temperature=0.0)]
 LABELS = (0, 3, 7)
-JACOBI_FAMILY = [JacobiDecoder, SJDDecoder, SJDCoupledDecoder]
+JACOBI_FAMILY = [DECODERS[name] for name in greedy_family() if DECODERS[name].family == "jacobi"]
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +61,16 @@ def test_greedy_with_never_right_drafts(model, reference, cls):
         assert torch.equal(result.tokens, ref)
         assert result.trace.nfe == n  # one token per pass, like AR
         assert result.trace.commit_kind == ["bonus"] + ["resampled"] * (n - 1)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-30, 0.99e-4])
+def test_near_zero_temperature_is_greedy(model, reference, temperature):
+    """Dividing logits by 1e-40 overflows to inf and softmax to NaN; below 1e-4 it is argmax instead."""
+    for i, s in enumerate(GREEDY):
+        tiny = SamplingSettings(cfg_scale=s.cfg_scale, temperature=temperature)
+        assert tiny.greedy
+        for name in ("ar", "sjd"):
+            result = make_decoder(name).generate(model, LABELS[0], tiny, seed=2, decode_image=False)
+            assert torch.equal(result.tokens, reference[(i, LABELS[0])])
+            assert result.trace.commit_p == [1.0] * model.info.num_tokens  # one-hot targets, no NaN
+    assert not SamplingSettings(temperature=1e-4).greedy
