@@ -1,0 +1,142 @@
+"""The views for trees, rows and equal forward passes (race, acceptance-length histograms), on hand-built traces."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis import acceptance, heatmaps, race, steps, structure
+from analysis.synthetic import synthetic_rows_trace, synthetic_trace, synthetic_tree_trace
+from decoding.trace import TREE_FIELDS, Trace
+
+
+def old_format(trace: Trace) -> Trace:
+    """The trace as written before the per-node fields existed (lists empty, no drafter cost)."""
+    for s in trace.steps:
+        for f in TREE_FIELDS:
+            setattr(s, f, [])
+    return trace
+
+
+@pytest.fixture(scope="module")
+def kinds() -> dict[str, Trace]:
+    g = (6, 8)
+    return {"chain": synthetic_trace(g, 32, window=4, accept=0.6, seed=1, decoder="sjd"),
+            "tree": synthetic_tree_trace(g, 32, branches=3, depth=3, accept=0.5, seed=2),
+            "rows": synthetic_rows_trace(g, 32, window=3, lag=2, max_rows=3, seed=3),
+            "old": old_format(synthetic_trace(g, 32, window=4, accept=0.6, seed=1, decoder="sjd")),
+            "ar": synthetic_trace(g, 32, window=0, seed=4, decoder="ar")}
+
+
+def test_structure_tells_chains_trees_and_rows_apart(kinds):
+    assert [structure.is_tree(kinds[k]) for k in kinds] == [False, True, False, False, False]
+    assert [structure.is_multi_row(kinds[k]) for k in kinds] == [False, False, True, False, False]
+    chain, old = structure.all_pass_nodes(kinds["chain"]), structure.all_pass_nodes(kinds["old"])
+    for a, b in zip(chain, old):  # an old trace reads as the chain its fields would have described
+        assert a.parents.tolist() == b.parents.tolist() and a.depths.tolist() == b.depths.tolist()
+        assert a.rows.tolist() == b.rows.tolist() and a.on_path.tolist() == b.on_path.tolist()
+    rows = structure.active_rows(kinds["rows"])
+    assert max(len(r) for r in rows) == 3 and rows[0] == [0]
+
+
+def test_tree_layout_puts_siblings_in_one_column_and_children_right_of_parents(kinds):
+    nodes = next(n for n in structure.all_pass_nodes(kinds["tree"]) if n.branches)
+    x, y = structure.tree_layout(nodes)
+    assert x.tolist() == nodes.depths.tolist()
+    roots = np.flatnonzero(nodes.parents < 0)
+    assert sorted(y[roots].tolist()) == list(range(len(roots)))  # siblings stacked, one slot each
+    for i, p in enumerate(nodes.parents.tolist()):
+        assert p < 0 or x[i] == x[p] + 1
+
+
+def test_depth_statistics_of_a_tree_count_levels_and_ancestors():
+    t = synthetic_tree_trace((4, 4), 16, branches=2, depth=2, accept=0.5, seed=5)
+    d = steps.acceptance_by_depth([t])
+    nodes = structure.all_pass_nodes(t)
+    assert d.verified.tolist() == [sum((n.depths == k).sum() for n in nodes) for k in (1, 2)]
+    # a level-2 node counts as reached only when its own parent (not the previous node) was accepted
+    reached2 = sum(int(n.accepted[p]) for n in nodes for i, p in enumerate(n.parents.tolist()) if n.depths[i] == 2)
+    assert d.reached[1] == reached2
+
+
+@pytest.mark.parametrize("kind", ["chain", "tree", "rows", "old", "ar"])
+def test_every_view_builds_from_every_kind_of_trace(kind, kinds):
+    t = kinds[kind]
+    image = np.zeros((24, 32, 3), np.uint8)
+    assert heatmaps.acceptance_maps(t, image, ("kind", "step")).data
+    assert steps.depth_figure({kind: [t]}).data is not None
+    replay = steps.replay_figure(t, image)
+    assert len(replay.frames) == t.nfe
+    assert acceptance.acceptance_histograms({kind: [t]}).data
+    assert race.race_figure({kind: t}).frames
+
+
+def test_race_at_pass_k_shows_exactly_what_the_first_k_passes_committed(kinds):
+    t = kinds["tree"]
+    for k in range(t.nfe + 1):
+        states = race.race_states(t, k)
+        committed = {p for s in t.steps[:k] for p in s.committed_positions}
+        assert set(np.flatnonzero(states == race.COMMITTED).tolist()) == committed
+        waiting = set(t.steps[k].positions) - committed if k < t.nfe else set()
+        assert set(np.flatnonzero(states == race.DRAFTED).tolist()) == waiting
+    assert (race.race_states(t, t.nfe) == race.COMMITTED).all()
+    with pytest.raises(ValueError, match="passes must be >= 0"):
+        race.race_states(t, -1)
+
+
+def test_race_figure_frames_follow_the_slider(kinds):
+    traces = {"sjd": kinds["chain"], "sjd-pac": kinds["tree"], "zipar": kinds["rows"]}
+    fig = race.race_figure(traces, max_frames=10)
+    ks = [int(f.name) for f in fig.frames]
+    assert ks[0] == 1 and ks[-1] == max(t.nfe for t in traces.values()) and len(ks) == 10
+    k = ks[3]
+    frame = fig.frames[3]
+    for i, t in enumerate(traces.values()):  # heatmap: token ids where committed, blank elsewhere
+        z = np.asarray(frame.data[2 * i].z, dtype=float).ravel()
+        shown = ~np.isnan(z)
+        assert shown.tolist() == (np.asarray(t.commit_step) < k).tolist()
+        assert z[shown].tolist() == np.asarray(t.tokens)[shown].tolist()
+    titles = [a["text"] for a in frame.layout.annotations]
+    assert titles[0].startswith("sjd · ") and len(titles) == 3
+    with pytest.raises(ValueError, match="different token grids"):
+        race.race_figure({"a": kinds["chain"], "b": synthetic_trace((4, 4), 32)})
+    with pytest.raises(ValueError, match="max_frames must be in"):
+        race.race_figure(traces, max_frames=1)
+
+
+def test_race_draws_codes_with_the_callers_patch(kinds):
+    t = kinds["chain"]
+    patch = lambda code: np.full((2, 3, 3), code, np.uint8)  # noqa: E731
+    cache = race.PatchCache(patch)
+    k = t.nfe // 2
+    image = race.race_image(t, race.race_states(t, k), cache)
+    assert image.shape == (12, 24, 3)
+    for pos in range(t.num_tokens):
+        r, c = divmod(pos, 8)
+        cell = image[r * 2:(r + 1) * 2, c * 3:(c + 1) * 3]
+        if t.commit_step[pos] < k:
+            assert (cell == t.tokens[pos]).all()
+        else:
+            assert cell.min() >= 200  # grey noise, not a code
+    fig = race.race_figure({"sjd": t}, patch, max_frames=5)
+    assert fig.data[0].type == "image" and fig.data[0].source.startswith("data:image/png;base64,")
+    with pytest.raises(ValueError, match="must be a uint8 image"):
+        race.race_figure({"sjd": t}, lambda code: np.zeros((2, 2)), max_frames=5)
+
+
+def test_acceptance_histogram_counts_match_the_passes(kinds):
+    t = kinds["rows"]
+    h = acceptance.length_histogram([t, t])
+    per_pass = [len(s.committed_positions) for s in t.steps] * 2
+    assert h.passes == len(per_pass) and h.counts.sum() == len(per_pass)
+    assert h.counts.tolist() == [per_pass.count(k) for k in h.lengths.tolist()]
+    assert h.mean == pytest.approx(t.mean_accepted_length) and h.shares.sum() == pytest.approx(1.0)
+    assert acceptance.length_histogram([kinds["ar"]]).share_of(1) == 1.0
+    rows = acceptance.acceptance_table({"zipar": [t, t], "ar": [kinds["ar"]], "none": []})
+    assert [r["decoder"] for r in rows] == ["zipar", "ar"] and tuple(rows[0]) == acceptance.TABLE_COLUMNS
+    assert rows[0]["passes committing 1 token"] == round(per_pass.count(1) / len(per_pass), 3)
+    fig = acceptance.acceptance_histograms({"zipar": [t], "ar": [kinds["ar"]]})
+    assert [list(d.x) for d in fig.data] == [h.lengths.tolist(), [1]]
+    assert "100% commit one token" in fig.layout.annotations[1].text
+    assert "no traces" in acceptance.acceptance_histograms({"x": []}).layout.annotations[0].text
+    with pytest.raises(ValueError, match="at most 8 decoders"):
+        acceptance.acceptance_table({str(i): [t] for i in range(9)})
