@@ -7,8 +7,15 @@ import torch
 
 from decoding.rules.coupling import maximal_coupling
 from decoding.rules.exact import acceptance_ratio, first_rejection, output_distribution, residual
-from decoding.rules.gsd import grouped_acceptance, gsd_group
+from decoding.rules.gsd import group_member_ids, grouped_acceptance, gsd_group, gsd_group_reference
 from decoding.rules.lantern import lantern_relaxed_probability, lantern_target
+from decoding.sampling import (
+    SamplingSettings,
+    inverse_cdf,
+    inverse_cdf_reference,
+    logits_to_probs,
+    logits_to_probs_reference,
+)
 
 
 def random_dist(*shape: int, seed: int, zeros: int = 0) -> torch.Tensor:
@@ -171,3 +178,74 @@ def test_gsd_group_with_the_cached_distance_table_is_the_same_group():
     cached = gsd_group(p, drafts, 14, 0.2, None, threshold, table)
     assert torch.equal(members, cached[0]) and torch.equal(in_group, cached[1])
     assert 25 < int(in_group.sum()) < 25 * 14
+
+
+# -- fast paths equal their plain reference ------------------------------------------------------
+
+@pytest.mark.parametrize("group_size", [1, 2, 5, 14, 40])
+@pytest.mark.parametrize("prob_filter,threshold", [(None, None), (0.03, None), (None, 1.0), (0.05, 2.0)])
+def test_gsd_group_equals_its_plain_reference(group_size, prob_filter, threshold):
+    """Rank keys + modular distance + two top-k (+ the cached [V, V] table) == sort, slice, filter."""
+    from decoding_helpers import random_tiny_model
+
+    from decoding import neighbours as nb
+    model = random_tiny_model(vocab=40, grid=2, seed=4)
+    emb, table = nb.embedding_table(model, "gpt"), nb.sq_distance_table(model, "gpt")
+    threshold = None if threshold is None else threshold * float(table.median())
+    for seed in range(3):
+        p = random_dist(20, 40, seed=20 + seed, zeros=6 * seed)  # ties among the zeros
+        p[0, :5] = p[0, 5]  # ties among non-zero probabilities too
+        p = p / p.sum(1, keepdim=True)
+        drafts = torch.randint(40, (20,), generator=torch.Generator().manual_seed(seed))
+        expected = gsd_group_reference(p, drafts, group_size, prob_filter, emb, threshold)
+        for cached in (None, table):
+            got = group_member_ids(*gsd_group(p, drafts, group_size, prob_filter, emb, threshold, cached))
+            assert torch.equal(got, expected), f"seed {seed}, table {cached is not None}"
+
+
+def test_cached_distance_table_equals_the_plain_pairwise_distances():
+    from decoding_helpers import random_tiny_model
+
+    from decoding import neighbours as nb
+    model = random_tiny_model(vocab=24, grid=2, seed=5)
+    emb, table = nb.embedding_table(model, "gpt"), nb.sq_distance_table(model, "gpt")
+    plain = torch.tensor([[float((emb[m] - emb[x]).square().sum()) for m in range(24)] for x in range(24)])
+    torch.testing.assert_close(table, plain, rtol=1e-6, atol=0.0)
+
+
+SAMPLING_CASES = [SamplingSettings(temperature=1.0), SamplingSettings(temperature=0.7, top_k=5),
+                  SamplingSettings(temperature=1.3, top_p=0.8), SamplingSettings(temperature=0.9, top_k=12, top_p=0.5),
+                  SamplingSettings(temperature=0.0), SamplingSettings(temperature=1e-40, top_k=3)]
+
+
+@pytest.mark.parametrize("s", SAMPLING_CASES, ids=lambda s: f"T{s.temperature}-k{s.top_k}-p{s.top_p}")
+def test_logits_to_probs_equals_its_plain_reference(s):
+    logits = torch.randn(3, 7, 50, generator=torch.Generator().manual_seed(6)) * 3
+    logits[0, 0, :4] = logits[0, 0, 4]  # ties at the top
+    expected = logits_to_probs_reference(logits, s)
+    torch.testing.assert_close(logits_to_probs(logits, s), expected, rtol=1e-6, atol=1e-7)
+    buffer = torch.empty(3, 7, 50)
+    torch.testing.assert_close(logits_to_probs(logits, s, out=buffer), expected, rtol=1e-6, atol=1e-7)
+    assert not expected.isnan().any() and torch.allclose(expected.sum(-1), torch.ones(3, 7))
+
+
+def test_inverse_cdf_equals_its_plain_reference():
+    g = torch.Generator().manual_seed(7)
+    probs = random_dist(200, 30, seed=8, zeros=5)
+    probs[:20] = torch.eye(30)[torch.randint(30, (20,), generator=g)]  # one-hot rows give their token
+    u = torch.rand(200, 1, dtype=torch.float64, generator=g)
+    u[-1] = 0.0
+    assert torch.equal(inverse_cdf(probs, u), inverse_cdf_reference(probs, u))
+    assert (inverse_cdf(probs[20:], u[20:]) >= 5).all()  # a token of probability 0 is never drawn
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_target_is_refused(bad):
+    logits = torch.randn(2, 10)
+    logits[1, 3] = bad
+    for s in (SamplingSettings(), SamplingSettings(temperature=0.5, top_k=4), SamplingSettings(temperature=0.0)):
+        if bad == float("-inf") or (bad == float("inf") and s.greedy):
+            assert not logits_to_probs(logits, s).isnan().any()  # a masked token / an argmax: well defined
+            continue
+        with pytest.raises(ValueError, match="NaN"):
+            logits_to_probs(logits, s)

@@ -19,6 +19,10 @@ computed once per window (two top-k calls), not an argsort of the logits per pos
 the ranking the window is truncated, where the official slice `order[r-7:r+7]` becomes empty for
 r < 7 (group mass 0/0, always rejected); the draft always belongs to its group, so filters that
 admit nothing else give exactly SJD's rule.
+
+`gsd_group` is the fast path (integer rank keys, a modular key distance, two top-k, an optional
+cached [V, V] distance table); `gsd_group_reference` is the plain version (sort, slice, filter, one
+draft at a time), and a test holds the two equal on random inputs.
 """
 from __future__ import annotations
 
@@ -81,6 +85,29 @@ def gsd_group(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filte
     if prob_filter is not None or distance_threshold is not None:
         in_group[:, n_higher] = True  # a zero threshold would drop the draft itself
     return members, in_group
+
+
+def gsd_group_reference(p: torch.Tensor, drafts: torch.Tensor, group_size: int, prob_filter: float | None,
+                        embeddings: torch.Tensor | None, distance_threshold: float | None) -> torch.Tensor:
+    """The plain version of `gsd_group` + `group_member_ids`: [K, G] each draft's group as token ids in
+    descending target rank (column `group_size - 1 - group_size // 2` the draft), -1 where a candidate is
+    past the end of the ranking or filtered out."""
+    n_higher = group_size - 1 - group_size // 2
+    out = torch.full((len(drafts), group_size), -1, dtype=torch.long)
+    for i, x in enumerate(drafts.tolist()):
+        row = p[i]
+        order = sorted(range(len(row)), key=lambda t: (-float(row[t]), t))  # higher p first, ties to the lower id
+        r = order.index(x)
+        for j in range(group_size):
+            rank = r - n_higher + j  # n_higher ranks above the draft, then the draft, then the ones below
+            if not 0 <= rank < len(order):
+                continue  # the window is truncated at the ends of the ranking
+            m = order[rank]
+            keep = prob_filter is None or bool((row[m] - row[x]).abs() < prob_filter)
+            if distance_threshold is not None:
+                keep = keep and bool((embeddings[m] - embeddings[x]).square().sum() < distance_threshold)
+            out[i, j] = m if keep or m == x else -1
+    return out
 
 
 def _group_sq_distances(drafts: torch.Tensor, members: torch.Tensor, center: int, embeddings: torch.Tensor | None,
