@@ -17,9 +17,11 @@ from decoding.lantern import LanternDecoder
 from decoding.params import ParamSpec, describe
 from decoding.sjd import SJDDecoder
 from decoding.sjd_coupled import SJDCoupledDecoder
+from decoding.sjd_pac import SJDPACDecoder
 
 DECODERS: dict[str, type[Decoder]] = {
-    cls.name: cls for cls in (ARDecoder, JacobiDecoder, SJDDecoder, LanternDecoder, GSDDecoder, SJDCoupledDecoder)
+    cls.name: cls for cls in (ARDecoder, JacobiDecoder, SJDDecoder, LanternDecoder, GSDDecoder, SJDCoupledDecoder,
+                              SJDPACDecoder)
 }
 
 

@@ -11,6 +11,11 @@ Definitions (used everywhere, stated once):
 - Commit kinds: "draft" (draft accepted by the exact rule), "relaxed" (accepted only thanks to a
   relaxation: LANTERN, GSD), "resampled" (drawn from the residual after a rejection),
   "bonus" (drawn from the target with no draft; every token of plain AR is a bonus token).
+- Verified nodes of a step form a tree below the last committed token: `parents[i]` indexes the step's
+  own verified nodes (-1: a child of the committed prefix), `depths[i]` = 1 for the first position after
+  the committed prefix, `rows[i]` = grid row of `positions[i]`, `on_path[i]` = on the accepted path.
+  A chain (every Jacobi decoder) has parents i - 1, depths i + 1 and on_path = accepted; a tree
+  (`sjd-pac`) may verify several siblings at one position.
 - step compression = N / NFE.
 - mean accepted length = tokens committed per forward pass, the bonus/resampled token included
   (= N / NFE); `mean_accepted_drafts` counts accepted drafts only (bonus excluded), per pass.
@@ -25,7 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 COMMIT_KINDS = ("draft", "relaxed", "resampled", "bonus")
-TRACE_VERSION = 1
+TRACE_VERSION = 2  # 2: tree fields (parents, depths, rows, on_path) and drafter cost per step
+READABLE_VERSIONS = (1, 2)  # version 1 traces load with chain defaults for the tree fields
+TREE_FIELDS = ("parents", "depths", "rows", "on_path")
 
 
 @dataclass
@@ -49,15 +56,30 @@ class StepRecord:
     # filters, LANTERN's moved neighbours. Empty (not one list per draft) for rules without groups
     # and in traces written before the field existed.
     group_members: list[list[int]] = field(default_factory=list)
+    # the tree of the verified nodes (module docstring); all empty: a chain (see `fill_chain_defaults`)
+    parents: list[int] = field(default_factory=list)  # index into this step's verified nodes, -1: prefix
+    depths: list[int] = field(default_factory=list)  # 1 = first position after the committed prefix
+    rows: list[int] = field(default_factory=list)  # grid row of the position
+    on_path: list[bool] = field(default_factory=list)  # on the accepted path
     committed_positions: list[int] = field(default_factory=list)
     committed_tokens: list[int] = field(default_factory=list)
     committed_kinds: list[str] = field(default_factory=list)
     forward_s: float = 0.0
     overhead_s: float = 0.0
+    draft_forwards: int = 0  # forward passes of a separate drafter model in this step (0: none)
+    draft_s: float = 0.0  # their wall time, part of overhead_s
 
     @property
     def n_accepted(self) -> int:
         return sum(self.accepted)
+
+    def fill_chain_defaults(self, grid_width: int) -> None:
+        """Tree fields of a chain (parent i - 1, depth i + 1, on_path = accepted), where none are set."""
+        k = len(self.positions)
+        if k and not any(getattr(self, f) for f in TREE_FIELDS):
+            self.parents, self.depths = list(range(-1, k - 1)), list(range(1, k + 1))
+            self.rows = [pos // grid_width for pos in self.positions]
+            self.on_path = list(self.accepted)
 
 
 @dataclass
@@ -143,9 +165,11 @@ class Trace:
                                                      "entropy", "accept_prob", "accepted", "relaxed", "group_size")}
             if s.group_members:
                 lengths.add(len(s.group_members))
+            lengths |= {len(getattr(s, f)) for f in TREE_FIELDS if getattr(s, f)}  # none yet: a chain
             if len(lengths) > 1:
                 raise ValueError(f"step {i}: per-draft lists have different lengths {sorted(lengths)}")
             self._validate_groups(s)
+            self._validate_tree(s)
             if len({len(s.committed_positions), len(s.committed_tokens), len(s.committed_kinds)}) > 1:
                 raise ValueError(f"step {i}: committed lists have different lengths")
             for pos, tok, kind in zip(s.committed_positions, s.committed_tokens, s.committed_kinds):
@@ -169,6 +193,18 @@ class Trace:
                 raise ValueError(f"step {s.index}, draft {j}: group_members {members[:10]} should hold the draft "
                                  f"{draft} and group_size={size} codes")
 
+    def _validate_tree(self, s: StepRecord) -> None:
+        width = self.grid_shape[1]
+        for j, (pos, parent, depth, row) in enumerate(zip(s.positions, s.parents, s.depths, s.rows)):
+            if not -1 <= parent < j or row != pos // width or depth < 1:
+                raise ValueError(f"step {s.index}, node {j}: parent {parent} must be a node before it (or -1), depth "
+                                 f"{depth} >= 1, row {row} the grid row of position {pos}")
+            if parent >= 0 and (depth != s.depths[parent] + 1 or pos != s.positions[parent] + 1):
+                raise ValueError(f"step {s.index}, node {j}: a child sits one position and one level below its "
+                                 f"parent {parent}")
+        if any(on and not acc for on, acc in zip(s.on_path, s.accepted)):
+            raise ValueError(f"step {s.index}: a node on the accepted path must be accepted")
+
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -186,15 +222,18 @@ class Trace:
     def from_dict(cls, d: dict) -> Trace:
         if not isinstance(d, dict):
             raise ValueError(f"a trace is a JSON object, got {type(d).__name__}")
-        if d.get("version") != TRACE_VERSION:
-            raise ValueError(f"unsupported trace version {d.get('version')!r} (this SpecLens reads {TRACE_VERSION})")
+        if d.get("version") not in READABLE_VERSIONS:
+            raise ValueError(f"unsupported trace version {d.get('version')!r} (this SpecLens reads "
+                             f"{list(READABLE_VERSIONS)})")
         d = dict(d)
         d.pop("summary", None)
         try:
             steps = [StepRecord(**s) for s in d.pop("steps")]
-            trace = cls(**{**d, "grid_shape": tuple(d["grid_shape"]), "steps": steps})
+            trace = cls(**{**d, "grid_shape": tuple(d["grid_shape"]), "steps": steps, "version": TRACE_VERSION})
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed trace: {e}") from e
+        for step in trace.steps:  # written before the tree fields existed: a chain
+            step.fill_chain_defaults(trace.grid_shape[1])
         trace.validate()
         return trace
 

@@ -5,6 +5,10 @@ overhead (see `ar.py`), so the loop only keeps each pass's tensors (`PassLog`); 
 passes (p of the drafts and of the committed tokens, top-1 probability, entropy, relaxed flags,
 group sizes) are then computed with one operation per quantity and turned into Python lists with
 one `.tolist()` per dtype. The record is the one `TraceRecorder.record_drafts` / `commit` write.
+
+A tree pass (`sjd-pac`) is written by the same code: its `PassLog` carries a `NodeLog` saying which
+row of its p each verified node and each committed token reads, and the tree fields of the nodes; a
+chain pass without one reads rows 0, 1, ... and gets the chain's tree fields.
 """
 from __future__ import annotations
 
@@ -20,6 +24,18 @@ from decoding.trace import StepRecord, Trace
 
 
 @dataclass
+class NodeLog:
+    """The verified nodes of a tree pass, aligned with `PassLog.drafts` (module `decoding.trace`)."""
+
+    positions: list[int]
+    parents: list[int]  # index into the verified nodes, -1: a child of the committed prefix
+    depths: list[int]
+    on_path: list[bool]
+    draft_rows: list[int]  # row of PassLog.p with each node's target (its parent's row)
+    commit_rows: list[int]  # row of PassLog.p with each committed token's target
+
+
+@dataclass
 class PassLog:
     """What one pass leaves for the trace (references, no copies)."""
 
@@ -31,11 +47,20 @@ class PassLog:
     r: int  # accepted drafts (the index of the first rejection)
     committed: torch.Tensor  # [C] the accepted drafts, then the resampled / bonus token if any
     last_kind: str  # "resampled" or "bonus"
+    nodes: NodeLog | None = None  # a tree pass; None: a chain from position start + 1
 
     @property
     def verified(self) -> int:
-        """Drafts verified: up to and including the first rejection."""
-        return min(self.r + 1, len(self.drafts))
+        """Drafts verified: up to and including the first rejection (a tree: every node in `nodes`)."""
+        return len(self.drafts) if self.nodes is not None else min(self.r + 1, len(self.drafts))
+
+    def p_rows(self) -> tuple[torch.Tensor, list[int], list[int]]:
+        """(the rows of p the trace reads [m, V], the verified drafts' rows in it, the committed tokens')."""
+        k, c = self.verified, len(self.committed)
+        if self.nodes is None:
+            return self.p[:max(k, c)], list(range(k)), list(range(c))
+        rows = self.nodes.draft_rows + self.nodes.commit_rows
+        return self.p[torch.tensor(rows, dtype=torch.long)], list(range(k)), list(range(k, k + c))
 
 
 def record_passes(trace: Trace, passes: list[PassLog]) -> None:
@@ -44,14 +69,14 @@ def record_passes(trace: Trace, passes: list[PassLog]) -> None:
         return
     counts = [ps.verified for ps in passes]
     commits = [len(ps.committed) for ps in passes]
-    n_rows = [max(k, c) for k, c in zip(counts, commits)]
-    first_row = list(accumulate(n_rows, initial=0))
-    p_all = torch.cat([ps.p[:m] for ps, m in zip(passes, n_rows)])  # [T, V]
+    blocks = [ps.p_rows() for ps in passes]
+    first_row = list(accumulate((len(b[0]) for b in blocks), initial=0))
+    p_all = torch.cat([b[0] for b in blocks])  # [T, V]
     stats = torch.stack(top1_and_entropy(p_all))  # [2, T]
-    draft_rows = _rows(first_row, counts)  # [K]
+    draft_rows = _rows(first_row, [b[1] for b in blocks])  # [K]
     reals, ints, members = _draft_columns(passes, counts, p_all, draft_rows, stats)
     tokens = torch.cat([ps.committed for ps in passes])  # [C]
-    commit_rows = _rows(first_row, commits)  # [C]
+    commit_rows = _rows(first_row, [b[2] for b in blocks])  # [C]
     commit_reals = torch.cat([p_all[commit_rows, tokens][None], stats[:, commit_rows]]).tolist()  # [3, C]
     token_list = tokens.tolist()
     a = c = 0
@@ -59,12 +84,13 @@ def record_passes(trace: Trace, passes: list[PassLog]) -> None:
         _fill_step(ps, [col[a:a + k] for col in reals], [col[a:a + k] for col in ints],
                    members[a:a + k] if members is not None and _width(ps.verdict) else None)
         _commit(trace, ps, token_list[c:c + n_commit], [col[c:c + n_commit] for col in commit_reals])
+        _fill_nodes(ps, trace.grid_shape[1])
         a, c = a + k, c + n_commit
 
 
-def _rows(first_row: list[int], counts: list[int]) -> torch.Tensor:
-    """[sum(counts)] the first counts[j] rows of block j of p_all."""
-    return torch.tensor([o + i for o, k in zip(first_row, counts) for i in range(k)], dtype=torch.long)
+def _rows(first_row: list[int], rows: list[list[int]]) -> torch.Tensor:
+    """[sum(len(rows[j]))] rows[j] of block j of p_all, as rows of p_all."""
+    return torch.tensor([o + i for o, block in zip(first_row, rows) for i in block], dtype=torch.long)
 
 
 def _width(verdict: Any) -> int:
@@ -81,7 +107,7 @@ def _draft_columns(passes: list[PassLog], counts: list[int], p_all: torch.Tensor
     p_draft = p_all[draft_rows, drafts]  # [K]
     reals = torch.cat([torch.stack([p_draft, q_draft]), stats[:, draft_rows],
                        torch.cat([v.accept_prob[:k] for v, k in zip(verdicts, counts)])[None]]).tolist()
-    in_prefix = torch.tensor([i < ps.r for ps, k in zip(passes, counts) for i in range(k)])  # [K]
+    in_prefix = torch.tensor([on for ps, k in zip(passes, counts) for on in _on_path(ps, k)])  # [K] bool
     width = max(_width(v) for v in verdicts)
     members = torch.cat([_padded_members(v, k, width) for v, k in zip(verdicts, counts)])  # [K, G]
     relaxed = in_prefix & _given_or(verdicts, "relaxed", counts,
@@ -122,13 +148,28 @@ def _exact_rejects(verdicts: list[Any], counts: list[int], p_draft: torch.Tensor
     return u >= acceptance_ratio(p_draft, q_draft)
 
 
+def _on_path(ps: PassLog, k: int) -> list[bool]:
+    """Per verified draft: accepted (on the accepted path; a chain: before the first rejection)."""
+    return ps.nodes.on_path if ps.nodes is not None else [i < ps.r for i in range(k)]
+
+
+def _fill_nodes(ps: PassLog, grid_width: int) -> None:
+    """The tree fields of the step: the pass's own, or a chain's."""
+    step, nodes = ps.step, ps.nodes
+    if nodes is None:
+        step.fill_chain_defaults(grid_width)
+        return
+    step.parents, step.depths, step.on_path = list(nodes.parents), list(nodes.depths), list(nodes.on_path)
+    step.rows = [pos // grid_width for pos in step.positions]
+
+
 def _fill_step(ps: PassLog, reals: list[list[float]], ints: list[list[int]],
                members: list[list[int]] | None) -> None:
     step, k = ps.step, len(ints[0])
-    step.positions = list(range(ps.start + 1, ps.start + 1 + k))
+    step.positions = list(ps.nodes.positions) if ps.nodes is not None else list(range(ps.start + 1, ps.start + 1 + k))
     step.p_draft, step.q_draft, step.top1_prob, step.entropy, step.accept_prob = reals
     step.draft_tokens, step.group_size = ints[0], ints[2]
-    step.accepted = [i < ps.r for i in range(k)]
+    step.accepted = _on_path(ps, k)
     step.relaxed = [x != 0 for x in ints[1]]
     if members is not None:
         step.group_members = [[m for m in row if m >= 0] for row in members]
@@ -137,7 +178,7 @@ def _fill_step(ps: PassLog, reals: list[list[float]], ints: list[list[int]],
 def _commit(trace: Trace, ps: PassLog, tokens: list[int], reals: list[list[float]]) -> None:
     """What `TraceRecorder.commit` writes, for one pass's committed tokens."""
     step = ps.step
-    kinds = ["relaxed" if rel else "draft" for rel in step.relaxed[:ps.r]]
+    kinds = ["relaxed" if rel else "draft" for rel, on in zip(step.relaxed, step.accepted) if on][:ps.r]
     kinds += [ps.last_kind] if len(tokens) > ps.r else []
     for i, (tok, kind, p_tok, top1, ent) in enumerate(zip(tokens, kinds, *reals)):
         pos = ps.start + 1 + i

@@ -23,8 +23,10 @@ from decoding_helpers import exact_sequence_distribution, random_tiny_model, seq
 from scipy.stats import chisquare
 
 from decoding.registry import make_decoder
+from decoding.rules.tree import verify_tree
 from decoding.sampling import SamplingSettings, sample
 from decoding.sjd import SJDDecoder
+from decoding.sjd_pac import SJDPACDecoder
 
 N_SAMPLES = 1200
 ALPHA = 1e-3
@@ -42,6 +44,9 @@ LOSSLESS = [
     ("sjd-coupled", {"window": 3, "init": "horizontal"}, TOP_K),
     ("sjd", {"window": 4, "uniform_q": True}, SAMPLING),
     ("sjd-coupled", {"window": 4, "uniform_q": True}, TOP_K),
+    ("sjd-pac", {"window": 7, "tree_width": 2, "tree_depth": 3}, SAMPLING),
+    ("sjd-pac", {"window": 13, "tree_width": 3, "tree_depth": 3}, TOP_K),
+    ("sjd-pac", {"window": 4, "tree_width": 3, "tree_depth": 2, "uniform_q": False}, SAMPLING),
 ]
 
 
@@ -50,6 +55,13 @@ class ResampleFromTargetSJD(SJDDecoder):
 
     def replacement(self, p, q, drafts, y, r, gen, ctx):
         return sample(p[r:r + 1], gen)
+
+
+class UnchainedSiblingsPAC(SJDPACDecoder):
+    """A tree bug: every sibling verified against the parent's own target, the residual not chained."""
+
+    def verify(self, tree, p, q, tokens, u):
+        return verify_tree(tree, p, q, tokens, u, next_target=lambda target, q_sibling: target)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +97,8 @@ def test_lossless_decoder_matches_exact_distribution(model, exact, name, params,
     make_decoder("gsd", window=4, group_size=4, prob_filter=None, distance_threshold=None),
     make_decoder("lantern", window=4, neighbourhood_k=4, delta=1.0),
     ResampleFromTargetSJD(window=4, init="horizontal"),
-], ids=["gsd-aggressive", "lantern-aggressive", "sjd-resample-from-p-bug"])
+    UnchainedSiblingsPAC(window=7, tree_width=3, tree_depth=2),
+], ids=["gsd-aggressive", "lantern-aggressive", "sjd-resample-from-p-bug", "sjd-pac-unchained-siblings-bug"])
 def test_goodness_of_fit_rejects_lossy_decoders(model, exact, decoder):
     torch.set_num_threads(1)
     p_value = chi_square_p_value(decoder, model, exact[SAMPLING])
