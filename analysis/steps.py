@@ -1,5 +1,5 @@
-"""Per-forward-pass views: accepted length per pass, acceptance by depth in the window, and a replay
-of the generation pass by pass."""
+"""Per-forward-pass views: accepted length per pass and acceptance by depth. The replay of the generation
+pass by pass lives in `analysis/replay.py` (re-exported here: `steps.replay_figure`, `steps.replay_states`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,9 +9,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.heatmaps import image_trace, panel_domains, set_domains, square_axes
+from analysis.replay import replay_figure, replay_states  # noqa: F401 - re-exported
 from analysis.structure import all_pass_nodes
-from analysis.style import EARLIER, KIND_COLOURS, KIND_LABELS, NOT_YET, decoder_colour, empty_figure, finish
+from analysis.style import KIND_COLOURS, KIND_LABELS, decoder_colour, empty_figure, finish
 from decoding.trace import COMMIT_KINDS, Trace
 
 
@@ -135,75 +135,3 @@ def _rate_line(d: np.ndarray, rate: np.ndarray, k: np.ndarray, n: np.ndarray, na
                       customdata=np.stack([k, n], -1), connectgaps=False,
                       hovertemplate="depth %{x}: %{customdata[0]}/%{customdata[1]} = %{y:.2f}"
                                     "<extra>" + hover_name + "</extra>")
-
-
-# -- replay ------------------------------------------------------------------------------------
-_REPLAY_COLOURS = [NOT_YET, EARLIER] + [KIND_COLOURS[k] for k in COMMIT_KINDS]
-
-
-def replay_states(trace: Trace) -> np.ndarray:
-    """[NFE, N] state of each position after each pass: 0 not yet, 1 committed earlier,
-    2 + kind index if committed in this pass."""
-    n = trace.num_tokens
-    states = np.zeros((trace.nfe, n), dtype=int)
-    done = np.zeros(n, dtype=bool)
-    for s in trace.steps:
-        row = np.where(done, 1, 0)
-        for pos, kind in zip(s.committed_positions, s.committed_kinds):
-            row[pos] = 2 + COMMIT_KINDS.index(kind)
-        states[s.index] = row
-        done[s.committed_positions] = True
-    return states
-
-
-def _replay_frame_data(trace: Trace, states: np.ndarray, i: int) -> list:
-    s, w = trace.steps[i], trace.grid_shape[1]
-    z = states[i].reshape(trace.grid_shape)
-    vr, vc = np.divmod(np.asarray(s.positions, dtype=int), w)
-    rejected = [p for p, a in zip(s.positions, s.accepted) if not a]
-    rr, rc = np.divmod(np.asarray(rejected, dtype=int), w)
-    return [go.Heatmap(z=z), go.Scatter(x=vc, y=vr), go.Scatter(x=rc, y=rr)]
-
-
-def replay_figure(trace: Trace, image: np.ndarray | None = None, max_frames: int = 400) -> go.Figure:
-    """A slider over forward passes: what each pass verified and committed."""
-    states = replay_states(trace)
-    n_colours = len(_REPLAY_COLOURS)
-    scale = []
-    for i, c in enumerate(_REPLAY_COLOURS):
-        scale += [[i / n_colours, c], [(i + 1) / n_colours, c]]
-    panels = 2 if image is not None else 1
-    fig = make_subplots(1, panels, subplot_titles=(["final image"] if image is not None else []) + ["pass by pass"])
-    domains = panel_domains(panels, share=0.7)
-    if image is not None:
-        fig.add_trace(image_trace(image, trace.grid_shape), 1, 1)
-    frame_ids = np.unique(np.linspace(0, trace.nfe - 1, min(trace.nfe, max_frames)).round().astype(int))
-    start = len(frame_ids) // 3  # open mid-generation, where there is something to see
-    first = _replay_frame_data(trace, states, int(frame_ids[start]))
-    first[0].update(colorscale=scale, zmin=-0.5, zmax=n_colours - 0.5, xgap=1, ygap=1, hoverinfo="skip",
-                    colorbar=dict(tickvals=list(range(n_colours)), thickness=14, x=domains[-1][1] + 0.01,
-                                  outlinewidth=1, outlinecolor="#999999",
-                                  ticktext=["not yet", "earlier"] + [KIND_LABELS[k] for k in COMMIT_KINDS]))
-    first[1].update(mode="markers", name="verified draft", hoverinfo="skip",
-                    marker=dict(symbol="square-open", size=16, color="#000000", line_width=2))
-    first[2].update(mode="markers", name="rejected / discarded", hoverinfo="skip",
-                    marker=dict(symbol="x-thin", size=12, color="#000000", line_width=2))
-    for t in first:
-        fig.add_trace(t, 1, panels)
-    offset = 1 if image is not None else 0
-    fig.frames = [go.Frame(data=_replay_frame_data(trace, states, int(i)), name=str(i),
-                           traces=[offset, offset + 1, offset + 2]) for i in frame_ids]
-    steps = [dict(method="animate", label=str(i), args=[[str(i)], dict(mode="immediate", frame=dict(duration=0),
-                                                                      transition=dict(duration=0))])
-             for i in frame_ids]
-    # tick labels hidden (one per pass would overlap); the current pass is printed above the slider
-    current = dict(prefix="forward pass ", font=dict(size=15, color="#222222"))
-    fig.update_layout(sliders=[dict(active=start, steps=steps, currentvalue=current,
-                                    pad=dict(t=50), font=dict(color="rgba(0,0,0,0)"), x=0.08, len=0.92)],
-                      legend=dict(orientation="h", x=0.5, y=1.2), plot_bgcolor="#BDBDBD",
-                      updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.3, xanchor="left",
-                                        buttons=[dict(label="▶ play", method="animate",
-                                                      args=[None, dict(frame=dict(duration=120), fromcurrent=True)])])])
-    square_axes(fig, trace.grid_shape, panels)
-    set_domains(fig, domains)
-    return finish(fig, f"replay · {trace.nfe} forward passes", height=560)

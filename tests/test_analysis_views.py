@@ -140,3 +140,27 @@ def test_acceptance_histogram_counts_match_the_passes(kinds):
     assert "no traces" in acceptance.acceptance_histograms({"x": []}).layout.annotations[0].text
     with pytest.raises(ValueError, match="at most 8 decoders"):
         acceptance.acceptance_table({str(i): [t] for i in range(9)})
+
+
+def test_replay_draws_the_tree_of_each_pass_with_its_accepted_path(kinds):
+    t = kinds["tree"]
+    fig = steps.replay_figure(t)
+    assert [a.text for a in fig.layout.annotations] == ["pass by pass", "verified tree"]
+    for frame in fig.frames:
+        s = t.steps[int(frame.name)]
+        edges, path, nodes = frame.data[3:6]
+        on = [i for i, o in enumerate(s.on_path) if o]
+        assert len(nodes.x) == len(s.positions) + 1  # + the committed prefix as the root
+        assert len([v for v in path.x if v is not None]) == 2 * len(on)  # one segment per node on the path
+        assert len([v for v in edges.x if v is not None]) == 2 * (len(s.positions) - len(on))
+    chain = steps.replay_figure(kinds["chain"])
+    assert "verified tree" not in [a.text for a in chain.layout.annotations] and len(chain.frames[0].data) == 3
+
+
+def test_replay_marks_the_rows_each_pass_decoded(kinds):
+    t = kinds["rows"]
+    fig = steps.replay_figure(t)
+    expected = structure.active_rows(t)
+    for frame in fig.frames:
+        assert sorted(frame.data[3].y) == expected[int(frame.name)]
+    assert any(len(set(frame.data[3].y)) > 1 for frame in fig.frames)
