@@ -75,7 +75,7 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
     df = x.size - 1
     t = T_975[df - 1] if df <= len(T_975) else 1.96
     half = t * float(x.std(ddof=1)) / np.sqrt(x.size)
-    return mean, mean - half, mean + half
+    return mean, float(mean - half), float(mean + half)
 
 
 def seed_summary(traces_by_decoder: dict[str, Sequence[Trace]]) -> list[dict]:

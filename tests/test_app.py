@@ -1,5 +1,5 @@
 """The app through gradio_client against one launched instance (tiny-fixture model), plus its
-input checking and the model gate without a server."""
+input checking and the model gate without a server. Limits on requests: test_app_limits.py."""
 from __future__ import annotations
 
 import json
@@ -20,7 +20,10 @@ from app_server import launched_demo  # noqa: E402
 
 import app  # noqa: E402
 from analysis.synthetic import synthetic_trace  # noqa: E402
+from decoding.registry import describe_decoder  # noqa: E402
 from decoding.trace import Trace  # noqa: E402
+from ui import parse  # noqa: E402
+from ui.jobs import ModelGate  # noqa: E402
 
 MODEL = "tiny-fixture"
 SAMPLING = (4.0, 1.0, 0, 1.0)  # cfg, temperature, top-k, top-p
@@ -62,10 +65,13 @@ def test_same_seed_same_tokens_and_ar_is_one_token_per_pass(client):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(model="no-such-model"), "Unknown model 'no-such-model'"),
+    (dict(model="no-such-model"), "Value: no-such-model is not in the list of choices"),  # only served models
+    (dict(model="llamagen-c2i-B-256"), "Value: llamagen-c2i-B-256 is not in the list of choices"),  # no weights
     (dict(decoder="nope"), "Value: nope is not in the list of choices"),  # the dropdown's own check
-    (dict(settings={"delta": 2.0}), "delta (a total-variation budget) must be in [0, 1]"),
+    (dict(settings={"delta": 2.0}), "delta must be in [0, 1], got 2.0"),
+    (dict(settings={"window": 17}), "window must be in [2, num_tokens] (here 16), got 17"),  # the model's bound
     (dict(settings={"windw": 4}), "has no parameter(s) ['windw']"),
+    (dict(settings="[1, 2]"), "Decoder settings must be a JSON object"),
     (dict(sampling=(0.5, 1.0, 0, 1.0)), "Value 0.5 is less than minimum value 1.0"),  # the slider's own check
     (dict(sampling=(4.0, 1.0, -3, 1.0)), "Value -3 is less than minimum value 0"),
     (dict(label="12"), "Value: 12 is not in the list of choices"),
@@ -95,17 +101,33 @@ def test_uploaded_trace_is_shown_and_a_malformed_one_is_refused(client, tmp_path
         client.predict(handle_file(str(junk)), "step", False, api_name="/view_trace")
 
 
-def test_compare_runs_each_decoder_on_one_seed(client):
-    settings = json.dumps({"window": 6, "delta": 0.2, "group_size": 5})
-    images, speed, depth, table = client.predict(MODEL, ["ar", "sjd", "lantern", "gsd"], settings, "2: 2", 11,
-                                                 *SAMPLING, api_name="/compare")
+def compare(client, decoders, settings, seeds=1, label="2: 2", seed=11):
+    return client.predict(MODEL, decoders, json.dumps(settings), label, seed, seeds, *SAMPLING, api_name="/compare")
+
+
+def test_compare_runs_each_decoder_with_its_own_settings(client):
+    settings = {"sjd": {"window": 3}, "lantern": {"window": 6, "delta": 0.2}, "gsd": {"window": 5, "group_size": 5}}
+    images, speed, depth, table, summary = compare(client, ["ar", "sjd", "lantern", "gsd"], settings)
     fig = json.loads(images["plot"])
     assert sum(d["type"] == "image" for d in fig["data"]) == 4
     assert [row[0] for row in table["data"]] == ["ar", "sjd", "lantern", "gsd"]
     headers = table["headers"]
-    ar_row = table["data"][0]
-    assert ar_row[headers.index("NFE")] == 16 and ar_row[headers.index("tokens equal to ar")] == 1.0
+    rows = {row[0]: dict(zip(headers, row)) for row in table["data"]}
+    assert rows["ar"]["NFE"] == 16 and rows["ar"]["tokens equal to ar"] == 1.0
+    assert "window=3" in rows["sjd"]["settings"] and "window=6" in rows["lantern"]["settings"]
+    assert "delta=0.2" in rows["lantern"]["settings"] and "group_size=5" in rows["gsd"]["settings"]
     assert {d.get("name") for d in json.loads(speed["plot"])["data"]} >= {"model forward", "VQ decode"}
+    assert [r[summary["headers"].index("seeds")] for r in summary["data"]] == [1, 1, 1, 1]
+
+
+def test_compare_over_seeds_gives_means_and_intervals(client):
+    _, _, _, table, summary = compare(client, ["ar", "sjd"], {"window": 4}, seeds=3)
+    h = summary["headers"]
+    by = {r[0]: dict(zip(h, r)) for r in summary["data"]}
+    assert by["ar"]["seeds"] == 3 and by["ar"]["NFE mean"] == 16 and by["ar"]["NFE 95% interval"] == "[16.0, 16.0]"
+    low, high = json.loads(by["sjd"]["step compression 95% interval"])
+    assert low <= by["sjd"]["step compression mean"] <= high
+    assert len(table["data"]) == 2  # the first seed's runs are the ones shown
 
 
 def test_codebook_shows_projection_neighbours_and_patches(client):
@@ -140,22 +162,26 @@ def test_codebook_returns_the_gsd_groups_of_a_code_and_of_a_position(client):
 
 
 def test_small_sweep_and_a_too_large_one(client):
-    table, curves, sq = client.predict(MODEL, "lantern", "delta", "0, 0.3", 2, json.dumps({"window": 6}),
-                                       *SAMPLING, api_name="/sweep")
-    assert [r[table["headers"].index("delta")] for r in table["data"]] == [0.0, 0.3]
-    assert all(r[table["headers"].index("images")] == 2 for r in table["data"])
+    table, curves, sq, files = client.predict(MODEL, "lantern", "delta", "0, 0.3, 0.30", 2,
+                                              json.dumps({"lantern": {"window": 6}}), *SAMPLING, api_name="/sweep")
+    h = table["headers"]
+    assert [r[h.index("decoder")] for r in table["data"]] == ["ar", "lantern", "lantern"]  # baseline, repeat merged
+    assert [r[h.index("delta")] for r in table["data"]][1:] == [0.0, 0.3]
+    assert all(r[h.index("images")] == 2 for r in table["data"]) and "speedup vs ar" in h
     assert json.loads(curves["plot"])["data"] and json.loads(sq["plot"])["data"]
+    csv_file, traces_file = sorted(files, key=lambda f: f.endswith(".jsonl"))
+    assert open(csv_file).readline().startswith("decoder,") and len(open(traces_file).readlines()) == 6
     with pytest.raises(Exception, match="command line: python app.py sweep"):
         client.predict(MODEL, "lantern", "delta", "0, 0.1, 0.2, 0.3", 20, "{}", *SAMPLING, api_name="/sweep")
     with pytest.raises(Exception, match="has no parameter 'k'"):
         client.predict(MODEL, "lantern", "k", "1", 1, "{}", *SAMPLING, api_name="/sweep")
-    table, _, _ = client.predict(MODEL, "gsd", "group_size", "1, 3", 1, "{}", *SAMPLING, api_name="/sweep")
-    assert len(table["data"]) == 2  # parameters of a decoder other than the dropdown's first
+    table, _, _, _ = client.predict(MODEL, "gsd", "group_size", "1, 3", 1, "{}", *SAMPLING, api_name="/sweep")
+    assert len(table["data"]) == 3  # parameters of a decoder other than the dropdown's first, after ar
 
 
 def test_a_long_sweep_does_not_hold_up_a_generation(demo):
     sweeper, user = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
-    job = sweeper.submit(MODEL, "sjd", "window", "2, 3, 4, 5, 6, 8", 10, "{}", *SAMPLING, api_name="/sweep")
+    job = sweeper.submit(MODEL, "sjd", "window", "2, 3, 4, 5, 6", 10, "{}", *SAMPLING, api_name="/sweep")
     time.sleep(1.0)  # the sweep is under way
     generate(user, "ar", {})
     assert not job.done(), "the generation waited for the whole 60-image sweep"
@@ -169,42 +195,47 @@ def test_summary_png_of_the_session(client):
 
 
 # -- without a server ------------------------------------------------------------------------------
-def test_settings_json_follows_the_selected_decoder():
-    names = list(app.parameter_fields())
-    values = {n: f.default for n, f in app.parameter_fields().items()} | {"window": 7.0, "delta": 0.25}
-    got = json.loads(app.collect_settings("lantern", *[values[n] for n in names]))
-    assert got["window"] == 7 and isinstance(got["window"], int) and got["delta"] == 0.25 and "group_size" not in got
-    assert json.loads(app.collect_settings("ar", *[values[n] for n in names])) == {}
-    assert app.settings_for("sjd", json.dumps(got)) == {"window": 7, "init": "random"}
-    values["ratio_bound"] = " "  # the browser sends blank optional numbers as text
-    assert json.loads(app.collect_settings("lantern", *[values[n] for n in names]))["ratio_bound"] is None
-    values["ratio_bound"] = "5"
-    assert json.loads(app.collect_settings("lantern", *[values[n] for n in names]))["ratio_bound"] == 5.0
+def test_settings_per_decoder_and_flat():
+    own = parse.per_decoder_settings(["ar", "sjd", "lantern"], json.dumps({"sjd": {"window": 3}}))
+    assert own == {"ar": {}, "sjd": {"window": 3}, "lantern": {}}
+    flat = parse.per_decoder_settings(["ar", "sjd", "lantern"], {"window": 7, "delta": 0.25})
+    assert flat == {"ar": {}, "sjd": {"window": 7}, "lantern": {"window": 7, "delta": 0.25}}
+    with pytest.raises(ValueError, match=r"no decoder among \['sjd'\] has the parameter\(s\) \['delta'\]"):
+        parse.per_decoder_settings(["sjd"], {"delta": 0.1})
+
+
+def test_widget_values_become_typed_settings():
+    specs = {s.name: s for s in describe_decoder("lantern")}
+    assert parse.coerce(specs["window"], 7.0) == 7 and isinstance(parse.coerce(specs["window"], 7.0), int)
+    assert parse.coerce(specs["ratio_bound"], " ") is None  # the browser sends blank optional numbers as text
+    assert parse.coerce(specs["ratio_bound"], "5") == 5.0
+    with pytest.raises(ValueError, match="window must be a whole number, got 7.5"):
+        parse.coerce(specs["window"], 7.5)
 
 
 def test_sampling_messages_name_the_setting():
-    with pytest.raises(app.gr.Error, match="Sampling settings: cfg_scale must be >= 1, got 0.5"):
-        app.parse_sampling(0.5, 1.0, 0, 1.0)
-    with pytest.raises(app.gr.Error, match=r"top_p must be in \(0, 1\]"):
-        app.parse_sampling(4.0, 1.0, 0, 0.0)
+    with pytest.raises(ValueError, match=r"Sampling settings: cfg_scale must be in \[1, 50\], got 0.5"):
+        parse.parse_sampling(0.5, 1.0, 0, 1.0)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        parse.parse_sampling(4.0, 1.0, 0, 0.0)
 
 
 def test_parse_values_and_class():
-    assert app.parse_values("lantern", "delta", "0, 0.1,0.2") == [0.0, 0.1, 0.2]
-    assert app.parse_values("lantern", "ratio_bound", "none, 5") == [None, 5.0]
-    assert app.parse_values("gsd", "group_size", "3, 5.0") == [3, 5]
-    with pytest.raises(app.gr.Error, match="not a number"):
-        app.parse_values("lantern", "delta", "0.1, big")
-    model = app.get_model(MODEL)
-    assert app.parse_class(model, "3: 3") == 3 and app.parse_class(model, 4) == 4
-    with pytest.raises(app.gr.Error, match="whole number"):
-        app.parse_class(model, 2.5)
-    with pytest.raises(app.gr.Error, match=r"class must be in \[0, 9\], got 12"):
-        app.parse_class(model, "12")
+    assert parse.parse_values("lantern", "delta", "0, 0.1,0.2, 0.10") == [0.0, 0.1, 0.2]  # repeats merged
+    assert parse.parse_values("lantern", "ratio_bound", "none, 5") == [None, 5.0]
+    assert parse.parse_values("gsd", "group_size", "3, 5.0") == [3, 5]
+    with pytest.raises(ValueError, match="not a number"):
+        parse.parse_values("lantern", "delta", "0.1, big")
+    info = app.load_model(MODEL).info
+    assert parse.parse_class(info, "3: 3") == 3 and parse.parse_class(info, 4) == 4
+    with pytest.raises(ValueError, match="whole number"):
+        parse.parse_class(info, 2.5)
+    with pytest.raises(ValueError, match=r"class must be in \[0, 9\], got 12"):
+        parse.parse_class(info, "12")
 
 
 def test_gate_serves_a_waiting_generation_before_the_sweep_continues():
-    gate, order = app.ModelGate(), []
+    gate, order = ModelGate(), []
 
     def sweep():
         for i in range(3):
