@@ -1,0 +1,221 @@
+"""PJD: Parallel Jacobi Decoding (Liao et al., CVPR 2026, arXiv 2606.05703), lossy.
+
+Notation: p = target distribution (this pass), q = draft distribution (the one a draft was drawn
+from: one-hot for a fresh random draft, the p it was sampled from for a Jacobi draft).
+
+SJD windows on several rows at once, verified in one forward under a row-causal mask (`rows.py`:
+a row's nodes see their own row's earlier nodes, the anchors of the rows above and the committed
+tokens, never another row's drafts). Row r + 1 starts once row r has `row_start` tokens; each
+row's window is its anchor (latest token) then drafts, at most `window` nodes, never past the row
+end (leading row) nor past the row above's committed count (the others: a draft at column c sees
+the row above up to column c + 1). Per row, as `SpeculativeSampler.__call__` in the official code:
+- drafts are accepted while u < min(1, p(x) / q(x));
+- the leading row (every row above complete) is SJD: at the first rejection a token is drawn from
+  the residual norm(max(0, p - q)), or with none a bonus token from p;
+- the other rows only commit their accepted drafts: no residual, no bonus, they truncate;
+- after the first rejection a draft with min(1, p / q) > 0.5 is kept (token and q) as the next
+  pass's draft; elsewhere the next draft is this pass's sample with q = p (the Jacobi update);
+  fresh slots get random ids with a one-hot q.
+Lossy for three reasons: rows below the leading one are conditioned on an incomplete row above,
+the kept drafts are selected by their own ratio (so their q no longer describes them), and, on
+LlamaGen, a row's first position is targeted from a stand-in token (`rows.py`).
+
+Taken from the official code (boyaliao/PJD `scheduler/jacobi_iteration_lumina_mgpt.py`, Lumina-mGPT):
+`window_size = 8` (nodes per row window, the anchor included), `long_size = 9` (row elements before
+the next row starts; Lumina-mGPT rows begin with the line-break token, so 8 image tokens: our
+`row_start`); `jacobi_size = 1` is set but never read there.
+
+Known differences:
+- The official code is for Lumina-mGPT (text-to-image, line-break token per row, 48 x 48 grid at
+  768 px). Its LlamaGen path (`scripts/test_llamagen.sh`: t2i XL stage-2 512 px, CFG 3.5) calls a
+  `test_llamagen.py` that is not in the repository. Here: LlamaGen class-conditional with CFG, the
+  bundled 14 x 14 grid. With no line-break token, a row's first position is targeted from ZipAR's
+  stand-in (the latest token of the row two above, or of row 0 for row 1) at the row above's last
+  column, seen by later positions until the real token is fed.
+- The residual is not re-truncated with top-k (the official code re-applies its logits processor).
+- Random drafts are uniform over the model's own vocabulary (the official code: Chameleon's ids).
+- `window` and `row_start` take any value >= 2 / >= 1; the windows never cross a row end and a row
+  starts at the latest once the row above is complete, so row_start >= W decodes one row at a time
+  (SJD with row-long windows plus the keep rule; greedy it equals greedy AR).
+- Greedy (temperature 0) does not equal greedy AR in general (rows see an incomplete row above).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
+from decoding.drafts import one_hot_q
+from decoding.params import param
+from decoding.rows import RowSchedule, Window, node_batch
+from decoding.rules.exact import acceptance_ratio, first_rejection, residual
+from decoding.sampling import SamplingSettings, logits_to_probs, sample
+
+KEEP_RATIO = 0.5  # official: after the first rejection, a draft with min(1, p/q) > 0.5 stays the next draft
+
+
+@dataclass
+class RowOutcome:
+    """One row window's result: committed tokens (and kinds), verified drafts, the next drafts."""
+
+    committed: torch.Tensor  # [C]
+    kinds: list[str]
+    accept_prob: torch.Tensor  # [D] min(1, p/q) of every draft
+    q_draft: torch.Tensor  # [D] q(draft)
+    verified: int  # drafts verified: up to and including the first rejection
+    r: int  # accepted drafts
+    next_drafts: torch.Tensor  # [M]
+    next_q: torch.Tensor  # [M, V]
+
+
+@dataclass
+class PJDDecoder(Decoder):
+    """SJD windows on several rows per pass, row-causal mask, truncation below the leading row."""
+
+    name = "pjd"
+    lossless = False
+    greedy_equals_ar = False
+    family = "rows"
+    summary = "Parallel Jacobi Decoding: SJD windows on several rows per pass under a row-causal mask"
+    paper = "Liao et al., CVPR 2026 (arXiv 2606.05703)"
+    paper_url = "https://arxiv.org/abs/2606.05703"
+    window: int = param(8, "nodes fed per row and pass, the row's latest token included (official window_size 8)",
+                        low=2, integer=True)
+    row_start: int = param(8, "tokens of the row above committed before a row starts (official long_size 9 counts "
+                           "Lumina-mGPT's line-break token; >= grid width: one row at a time)", low=1, integer=True)
+
+    def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
+                recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
+        height, width = model.info.grid_shape
+        vocab = model.info.vocab_size
+        tokens = torch.zeros(height * width, dtype=torch.long)
+
+        # 1. prefill: the target of position 0 and one token from it
+        logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]
+        step = recorder.new_step(-1, 0)
+        p0 = logits_to_probs(logits[None], sampling)  # [1, V]
+        tokens[:1] = sample(p0, gen)
+        recorder.commit(step, torch.tensor([0]), tokens[:1], ["bonus"], p0)
+        recorder.close_step(step, clock)
+
+        schedule = RowSchedule(height, width, [min(self.row_start, width)] * height, tokens)
+        schedule.begin(1)
+        pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row -> (drafts [M], q [M, V])
+        while not schedule.done:
+            # 2. every decoding row's window: anchor + pending drafts + fresh random drafts
+            windows, qs = self._windows(schedule, pending, vocab, gen)
+            batch = node_batch(windows, schedule.cached)
+            step = recorder.new_step(int(batch.positions.min()), len(batch.tokens))
+            logits = clock.forward(model.forward_nodes, batch.tokens, batch.positions, batch.visible,
+                                   batch.context).cpu()  # [K, V]
+
+            # 3. targets at every node and the Jacobi samples, one sampling call for the pass
+            p = logits_to_probs(logits, sampling)  # [K, V]; node k targets positions[k] + 1
+            y = sample(p, gen)  # [K]
+            u = torch.rand(sum(w.length - 1 for w in windows), generator=gen)  # one uniform per draft
+
+            # 4. verify each row (the leading one as SJD, the others truncate), commit, next drafts
+            outcomes, offset = [], 0
+            for w, q, first in zip(windows, qs, batch.first):
+                if w.final:
+                    outcomes.append(None)
+                    continue
+                nodes = slice(first, first + w.length)
+                d = w.length - 1
+                outcome = self._verify(p[nodes], q, w.drafts, y[nodes], u[offset:offset + d],
+                                       schedule.leading(w.row), gen)
+                offset += d
+                outcomes.append(outcome)
+                c = len(outcome.committed)
+                tokens[w.anchor + 1:w.anchor + 1 + c] = outcome.committed
+                schedule.commit(w.row, c)
+                pending[w.row] = (outcome.next_drafts, outcome.next_q)
+            self._record(recorder, step, windows, outcomes, batch.first, p, width)
+            recorder.close_step(step, clock)
+            schedule.after_pass(windows, [torch.arange(w.anchor + 1, w.anchor + 1 + (o.r if o else 0))
+                                          for w, o in zip(windows, outcomes)])
+        return tokens
+
+    def _windows(self, schedule: RowSchedule, pending: dict, vocab: int,
+                 gen: torch.Generator) -> tuple[list[Window], list[torch.Tensor | None]]:
+        """This pass's windows with their drafts, and the drafts' q [D, V] (None for a final feed)."""
+        windows, qs = [], []
+        for w in schedule.windows():
+            if w.final:
+                windows.append(w)
+                qs.append(None)
+                continue
+            length = min(schedule.room(w.row), self.window)
+            if length <= 0:  # the row has caught up with the row above: not fed (official verify_num == 0)
+                continue
+            old, old_q = pending.get(w.row, (torch.empty(0, dtype=torch.long), torch.empty(0, vocab)))
+            old, old_q = old[:length - 1], old_q[:length - 1]
+            fresh = torch.randint(vocab, (length - 1 - len(old),), generator=gen)
+            w.drafts = torch.cat([old, fresh])  # [D]
+            windows.append(w)
+            qs.append(torch.cat([old_q, one_hot_q(fresh, vocab)]))  # [D, V]
+        return windows, qs
+
+    @staticmethod
+    def _verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
+                leading: bool, gen: torch.Generator) -> RowOutcome:
+        """One row window: p, y over its L nodes ([L, V], [L]); drafts [D = L - 1] with q [D, V]."""
+        d = len(drafts)
+        q_draft = q.gather(1, drafts[:, None])[:, 0]  # [D]
+        ratio = acceptance_ratio(p[:d].gather(1, drafts[:, None])[:, 0], q_draft)  # [D]
+        r = first_rejection(u < ratio)
+        if not leading:  # truncate: the accepted drafts only
+            committed, kinds = drafts[:r], ["draft"] * r
+        elif r < d:  # SJD: the residual replaces the first rejected draft
+            committed = torch.cat([drafts[:r], sample(residual(p[r:r + 1], q[r:r + 1]), gen)])
+            kinds = ["draft"] * r + ["resampled"]
+        else:  # every draft accepted: a bonus token from the last node
+            committed, kinds = torch.cat([drafts, y[d:d + 1]]), ["draft"] * d + ["bonus"]
+        # next drafts for the positions after the committed ones: the Jacobi samples, except the
+        # drafts after the first rejection whose ratio exceeds KEEP_RATIO (kept with their q)
+        c = len(committed)
+        keep = torch.zeros(len(y), dtype=torch.bool)
+        keep[r + 1:d] = ratio[r + 1:] > KEEP_RATIO
+        keep_d = keep[:d]
+        next_tokens = torch.where(keep, torch.cat([drafts, y[d:]]), y)  # [L]
+        next_q = p.clone()
+        next_q[:d][keep_d] = q[keep_d]
+        return RowOutcome(committed, kinds, ratio, q_draft, min(r + 1, d), r, next_tokens[c:], next_q[c:])
+
+    @staticmethod
+    def _record(recorder: TraceRecorder, step, windows: list[Window], outcomes: list, first: list[int],
+                p: torch.Tensor, width: int) -> None:
+        """The step record through the shared recorder: verified drafts of every row (with their rows,
+        parents and depths: one chain per row), then the committed tokens of every row."""
+        pos, drafts, q_d, acc_p, acc, rows_p, commit_pos, commit_tok, kinds, commit_rows = ([] for _ in range(10))
+        parents, depths = [], []
+        for w, o, f in zip(windows, outcomes, first):
+            if o is None:
+                continue
+            k = o.verified
+            base = len(pos)
+            pos += range(w.anchor + 1, w.anchor + 1 + k)
+            drafts.append(w.drafts[:k])
+            acc_p.append(o.accept_prob[:k])
+            q_d.append(o.q_draft[:k])
+            acc += [i < o.r for i in range(k)]
+            rows_p += range(f, f + k)
+            parents += [-1] + list(range(base, base + k - 1)) if k else []
+            depths += range(1, k + 1)
+            commit_pos += range(w.anchor + 1, w.anchor + 1 + len(o.committed))
+            commit_tok.append(o.committed)
+            kinds += o.kinds
+            commit_rows += range(f, f + len(o.committed))
+        if pos:
+            draft_t = torch.cat(drafts)
+            p_rows = p[torch.tensor(rows_p)]
+            recorder.record_drafts(step, torch.tensor(pos), draft_t, p_rows, torch.cat(q_d), torch.cat(acc_p),
+                                   torch.tensor(acc))
+            step.parents, step.depths, step.on_path = parents, list(depths), list(acc)
+            step.rows = [x // width for x in pos]
+        if commit_pos:
+            recorder.commit(step, torch.tensor(commit_pos), torch.cat(commit_tok), kinds,
+                            p[torch.tensor(commit_rows)])
+
