@@ -5,7 +5,9 @@ so that official checkpoints load with no renaming, and our checkpoints load in 
 code. Two things differ on purpose:
 
 - The KV cache is a plain tensor pair per layer (not registered buffers), addressed by
-  sequence position, so a window of drafted tokens can be written and later overwritten.
+  sequence position, so a window of drafted tokens can be written and later overwritten; after the
+  sequence positions it may have scratch rows. `forward_nodes` writes K/V to any rows and attends
+  under an explicit [K, rows] mask (trees, several row windows), `copy_slots` moves rows.
 - The cached forward (`forward_at`) is an inference-only path that computes the same thing with
   fewer and faster operations, because a small model on a CPU is bound by per-operation cost and by
   streaming the weights, not by arithmetic: it attends only to cache entries up to the window's last
@@ -344,7 +346,6 @@ class GPT(nn.Module):
             shape = (batch_size, att.n_kv_head, self.max_seq_length + scratch_slots, att.head_dim)
             att.cache = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self._cache_batch = batch_size
-        self.cache_slots = self.max_seq_length + scratch_slots
         # additive causal mask (0 where position i sees position j, else -inf); a window's mask is a slice.
         # Additive rather than bool: attention would otherwise convert a bool mask in every layer. Rows
         # padded to a multiple of 16 so that GPU attention kernels take the slice without a copy.
@@ -352,6 +353,11 @@ class GPT(nn.Module):
         sees = torch.ones(n, find_multiple(n, 16), dtype=torch.bool, device=device).tril()
         self._causal = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill(~sees, float("-inf"))
         self.freqs_cis = self.freqs_cis.to(device)
+
+    def cache_layout(self) -> tuple[int, int] | None:
+        """(batch size, scratch rows) of the allocated cache; None before `setup_cache`."""
+        cache = self.layers[0].attention.cache
+        return None if cache is None else (cache[0].shape[0], cache[0].shape[2] - self.max_seq_length)
 
     def clear_cache(self) -> None:
         for layer in self.layers:
@@ -404,7 +410,7 @@ class GPT(nn.Module):
         device = self.tok_embeddings.weight.device
         seen = sees.any(0).nonzero()
         end = int(seen.max()) + 1 if len(seen) else 1  # attend to cache rows 0..end-1 only
-        width = find_multiple(end, 16) if device.type == "cuda" else end  # aligned rows for GPU kernels
+        width = find_multiple(end, 16)  # rows aligned for GPU attention kernels (the same code on CPU)
         dtype = self.layers[0].attention.cache[0].dtype
         mask = torch.full((sees.shape[0], width), float("-inf"), dtype=dtype, device=device)
         mask[:, :end].masked_fill_(sees[:, :end].to(device), 0.0)  # additive [K, end]

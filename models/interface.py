@@ -1,11 +1,24 @@
-"""The one interface decoders use: condition prefill, position-addressed windowed forward,
+"""The one interface decoders use: condition prefill, position-addressed forwards over the KV cache,
 the two embedding tables of latent proximity, and tokens -> pixels.
 
-Positions are image-token positions 0..N-1 in raster order (N = grid_h * grid_w).
-`forward_window(tokens, start)` feeds `tokens[i]` as the image token at position `start + i`,
-writes its K/V into the static cache at that position, and returns the guided logits for
-position `start + i + 1`. Anything cached at later positions is masked by position, so
-rejected drafts never need to be removed: the next window overwrites them.
+Positions are image-token positions 0..N-1 in raster order (N = grid_h * grid_w). The static cache has
+one slot per position (its canonical slot) and, after the grid, `scratch_slots` scratch slots N, N+1, ...
+Nothing is ever removed from the cache: every forward says which slots each node sees, so rejected
+drafts cost nothing (a later forward overwrites or ignores them).
+
+`forward_nodes(tokens, positions, visible, context, slots=None, return_hidden=False)` is the general
+verification forward: K nodes, node i the image token `tokens[i]` at position `positions[i]` (RoPE row
+positions[i] + cls_token_num; tree siblings share a position). Node i attends to the condition, to the
+`context` slots before its position (an int n = the prefix 0..n-1; a bool [N] shared by all nodes, e.g.
+ZipAR's committed tokens of unfinished rows; or a bool [K, N] per node), to the nodes j with
+`visible[i, j]` (its ancestors in a tree, its row's earlier nodes in a row window) and to itself. Its
+K/V is written to `slots[i]` (default: its position; tree siblings go to scratch), and
+`copy_slots(src, dst)` moves an accepted path from scratch to its canonical slots. It returns the guided
+logits for position positions[i] + 1, and with `return_hidden` also the final-norm'd hidden states of
+both CFG halves (drafters: EAGLE, LANTERN). A chain on a committed prefix takes the fast causal path.
+
+`forward_window(tokens, start)` is that chain: `tokens[i]` at position `start + i`, context `start`,
+causal visibility, canonical slots; it returns the guided logits for positions start+1..start+L.
 
 Classifier-free guidance happens here, once: the model runs a batch of 2 ([cond; uncond],
 uncond = the null class `num_classes`), and returns `u + s * (c - u)` (LlamaGen's order).
@@ -55,7 +68,6 @@ class ARImageModel:
         self.info = ModelInfo(name, (grid, grid), cfg.vocab_size, cfg.num_classes, names)
         self.cfg_scale = 1.0
         self._batch = 0
-        self._cache_key: tuple[int, int] | None = None  # (batch, scratch_slots) of the allocated cache
 
     @property
     def device(self) -> torch.device:
@@ -74,9 +86,8 @@ class ARImageModel:
         if not isinstance(self.scratch_slots, int) or not 0 <= self.scratch_slots <= MAX_SCRATCH_SLOTS:
             raise ValueError(f"scratch_slots must be an integer in [0, {MAX_SCRATCH_SLOTS}], "
                              f"got {self.scratch_slots!r}")
-        if (batch, self.scratch_slots) != self._cache_key:
+        if self.gpt.cache_layout() != (batch, self.scratch_slots):  # the GPT may be shared by several wrappers
             self.gpt.setup_cache(batch, scratch_slots=self.scratch_slots)
-            self._cache_key = (batch, self.scratch_slots)
         self._batch = batch
         labels = torch.tensor([int(label), self.info.num_classes][:batch], device=self.device)
         logits = self.gpt.forward_at(0, labels=labels)[:, -1:]  # [B, 1, V]
@@ -104,9 +115,12 @@ class ARImageModel:
             raise ValueError(f"window [{start}, {start + len(tokens)}) is outside the token grid [0, {n})")
         return self._chain(tokens, int(start), False)
 
-    def _require_prefill(self, method: str) -> None:
-        if self._batch == 0:
+    def _require_prefill(self, method: str) -> int:
+        """The scratch size of the cache the last prefill set up."""
+        layout = self.gpt.cache_layout()
+        if self._batch == 0 or layout is None or layout[0] < self._batch:
             raise RuntimeError(f"call prefill(label, cfg_scale) before {method}")
+        return layout[1]
 
     def _chain(self, tokens: torch.Tensor, start: int, return_hidden: bool):
         batch_tokens = tokens.to(self.device).view(1, -1).expand(self._batch, -1)
@@ -129,8 +143,7 @@ class ARImageModel:
         Returns guided logits [K, V] (row i targets position positions[i] + 1), or with `return_hidden`
         (logits, hidden [B, K, dim]): the final-norm'd states fed to the head, B = 2 with CFG (cond first).
         """
-        self._require_prefill("forward_nodes")
-        n, scratch = self.info.num_tokens, self._cache_key[1]
+        n, scratch = self.info.num_tokens, self._require_prefill("forward_nodes")
         tokens, positions, visible, slots = check_nodes(tokens, positions, visible, slots, n, scratch,
                                                         self.info.vocab_size)
         if isinstance(context, torch.Tensor) and context.dtype != torch.bool and context.dim() == 0:
@@ -150,8 +163,7 @@ class ARImageModel:
         """Copy the cached K/V of slots `src` [M] to slots `dst` [M] (distinct) in every layer, e.g. an
         accepted tree path from scratch to its canonical slots (dst = the nodes' positions: K carries
         the rotary position of the node that wrote it, so a slot must only ever hold its own position)."""
-        self._require_prefill("copy_slots")
-        total = self.info.num_tokens + self._cache_key[1]
+        total = self.info.num_tokens + self._require_prefill("copy_slots")
         src = _index_vector(src, "src", None, total)
         dst = _index_vector(dst, "dst", len(src), total)
         if len(set(dst.tolist())) != len(dst):
