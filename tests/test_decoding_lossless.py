@@ -9,7 +9,7 @@ with seeds 0..N_SAMPLES-1; sequences whose expected count is below 5 are pooled 
 
 False-alarm rate: each test rejects at p < ALPHA = 1e-3, so a correct decoder fails a given test
 with probability 1e-3 over the choice of seeds, and the whole file (LOSSLESS cases) with at most
-about 0.7%. The seeds are fixed, so a run is reproducible: a failure is never flaky, it reproduces.
+about 0.9% for its 9 cases. The seeds are fixed, so a run is reproducible: a failure is never flaky, it reproduces.
 The test can fail: it rejects GSD and LANTERN set aggressively, and SJD with the classic bug of
 resampling from p instead of the residual after a rejection (with deterministic
 initial drafts; with uniform random ones that bug happens to cancel in the marginal).
@@ -22,7 +22,8 @@ import torch
 from decoding_helpers import exact_sequence_distribution, random_tiny_model, sequence_index
 from scipy.stats import chisquare
 
-from decoding.registry import make_decoder
+from decoding.params import validate_for_model
+from decoding.registry import describe_decoder, lossless_decoders, make_decoder
 from decoding.rules.tree import verify_tree
 from decoding.sampling import SamplingSettings, sample
 from decoding.sjd import SJDDecoder
@@ -48,6 +49,8 @@ LOSSLESS = [
     ("sjd-pac", {"window": 13, "tree_width": 3, "tree_depth": 3}, TOP_K),
     ("sjd-pac", {"window": 4, "tree_width": 3, "tree_depth": 2, "uniform_q": False}, SAMPLING),
 ]
+# every lossless decoder of the registry is tested: one without a case above runs at its defaults
+LOSSLESS += [(name, {}, SAMPLING) for name in lossless_decoders() if name not in {c[0] for c in LOSSLESS}]
 
 
 class ResampleFromTargetSJD(SJDDecoder):
@@ -74,6 +77,16 @@ def exact(model):
     return {s: exact_sequence_distribution(model, LABEL, s).numpy() for s in (SAMPLING, TOP_K)}
 
 
+def fitted(name: str, params: dict, model) -> dict:
+    """params, plus each unset model-bound parameter whose default exceeds this tiny model's bound
+    (window 16 > 4 tokens) set to the bound."""
+    info = model.info
+    bounds = {"vocab_size": info.vocab_size, "num_tokens": info.num_tokens}
+    extra = {s.name: bounds[s.meta.model_bound] for s in describe_decoder(name)
+             if s.meta.model_bound in bounds and s.name not in params and s.default > bounds[s.meta.model_bound]}
+    return {**params, **extra}
+
+
 def chi_square_p_value(decoder, model, exact: np.ndarray, sampling: SamplingSettings = SAMPLING) -> float:
     counts = np.zeros(len(exact))
     for seed in range(N_SAMPLES):
@@ -89,7 +102,9 @@ def chi_square_p_value(decoder, model, exact: np.ndarray, sampling: SamplingSett
 @pytest.mark.parametrize("name,params,sampling", LOSSLESS, ids=[f"{n}-{p}-k{s.top_k}" for n, p, s in LOSSLESS])
 def test_lossless_decoder_matches_exact_distribution(model, exact, name, params, sampling):
     torch.set_num_threads(1)
-    p_value = chi_square_p_value(make_decoder(name, **params), model, exact[sampling], sampling)
+    decoder = make_decoder(name, **fitted(name, params, model))
+    validate_for_model(decoder, model.info)
+    p_value = chi_square_p_value(decoder, model, exact[sampling], sampling)
     assert p_value > ALPHA, f"{name} {params}: sequence distribution differs from the target (p = {p_value:.2e})"
 
 
