@@ -15,13 +15,15 @@ from decoding.gsd import GSDDecoder
 from decoding.jacobi import JacobiDecoder
 from decoding.lantern import LanternDecoder
 from decoding.params import ParamSpec, describe
+from decoding.pjd import PJDDecoder
 from decoding.sjd import SJDDecoder
 from decoding.sjd_coupled import SJDCoupledDecoder
 from decoding.sjd_pac import SJDPACDecoder
+from decoding.zipar import ZipARDecoder
 
 DECODERS: dict[str, type[Decoder]] = {
     cls.name: cls for cls in (ARDecoder, JacobiDecoder, SJDDecoder, LanternDecoder, GSDDecoder, SJDCoupledDecoder,
-                              SJDPACDecoder)
+                              SJDPACDecoder, ZipARDecoder, PJDDecoder)
 }
 
 
