@@ -129,8 +129,8 @@ class SJDPACDecoder(Decoder):
         return verify_tree(tree, p, q, tokens, u)
 
     # -- drafting --------------------------------------------------------------------------------
-    def _extend(self, pending: Pending, count: int, vocab: int, gen: torch.Generator) -> Pending:
-        """At least `count` drafts: the pending ones, then fresh random ids."""
+    def _extend(self, pending: Pending, start: int, count: int, vocab: int, gen: torch.Generator) -> Pending:
+        """At least `count` drafts for the positions from `start` on: the pending ones, then fresh random ids."""
         extra = count - len(pending.tokens)
         if extra <= 0:
             return pending
@@ -179,7 +179,7 @@ class SJDPACDecoder(Decoder):
             tree_levels = min(self.tree_depth - 1, n - 1 - start)
             chain = min(n - 1 - start - tree_levels, self.window - full_tree_size(self.tree_width, tree_levels))
             levels = tree_levels + chain
-            pending = self._extend(pending, levels, vocab, gen)
+            pending = self._extend(pending, done, levels, vocab, gen)
 
             # 2. candidates, the tree, its nodes' tokens and q
             cands, q_cands = self._candidates(pending, tree_levels, gen)  # [Lt, K], [Lt, K, V]
