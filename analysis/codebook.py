@@ -33,6 +33,9 @@ GROUP_NOUNS = {"gsd": "GSD group", "lantern": "LANTERN moved set"}
 # the position's group is a shaded disk under the outlines, as it usually repeats one of the other sets.
 HIGHLIGHT_STYLE = {"neighbours": ("circle-open", 13, "#D55E00"), "as_draft": ("diamond-open", 17, "#0072B2"),
                    "as_member": ("square-open", 17, "#009E73"), "position": ("circle", 26, "rgba(204,121,167,0.45)")}
+MAX_POINTS = 2048  # above: a density of every code plus the codes with data as points
+MAX_POINTS_LIMIT = 5000  # SVG points (WebGL ones would be drawn over the highlight)
+DENSITY_BINS = 80
 # The same shapes as text, for gallery captions: the gallery reads like the plot's legend.
 HIGHLIGHT_MARKS = {"picked": "★", "neighbours": "○", "as_draft": "◇", "as_member": "□", "position": "●"}
 
@@ -361,17 +364,32 @@ def _colour_values(stats: CodeStats | None, colour_by: str, vocab: int) -> np.nd
 
 
 def codebook_figure(xy: np.ndarray, stats: CodeStats | None = None, colour_by: str = "usage",
-                    highlight: CodeHighlight | None = None, method: str = "pca", space: str = "vq") -> go.Figure:
-    """Every code as a point; codes with no statistic in grey; a picked code's highlight on top."""
+                    highlight: CodeHighlight | None = None, method: str = "pca", space: str = "vq",
+                    max_points: int = MAX_POINTS) -> go.Figure:
+    """Every code as a point; codes with no statistic in grey; a picked code's highlight on top.
+
+    A codebook larger than `max_points` (LlamaGen's 16384 codes) is drawn as a density of all codes (a 2-D
+    histogram) with at most `max_points` codes as points: those with a statistic, largest first; the picked
+    code, its nearest codes and its groups are always drawn. Work and figure size stay bounded."""
+    if not 1 <= max_points <= MAX_POINTS_LIMIT:
+        raise ValueError(f"max_points must be in [1, {MAX_POINTS_LIMIT}], got {max_points}")
     vocab = len(xy)
     values = _colour_values(stats, colour_by, vocab)
     has = ~np.isnan(values)
     ids = np.arange(vocab)
-    scatter = go.Scattergl if vocab > 5000 else go.Scatter
-    size = 5 if vocab > 5000 else 7
+    dense = vocab > max_points
     fig = go.Figure()
-    fig.add_trace(scatter(x=xy[~has, 0], y=xy[~has, 1], mode="markers", name="no data yet", customdata=ids[~has],
-                          marker=dict(size=size, color="#D0D0D0"), hovertemplate="code %{customdata}<extra></extra>"))
+    if dense:
+        fig.add_trace(_density(xy))
+        keep = ids[has][np.argsort(-values[has], kind="stable")[:max_points]]
+        has = np.zeros(vocab, dtype=bool)
+        has[keep] = True
+    grey = ~has
+    scatter, size = go.Scatter, 5 if dense else 7
+    if not dense:
+        fig.add_trace(scatter(x=xy[grey, 0], y=xy[grey, 1], mode="markers", name="no data yet",
+                              customdata=ids[grey], marker=dict(size=size, color="#D0D0D0"),
+                              hovertemplate="code %{customdata}<extra></extra>"))
     if has.any():
         label = COLOUR_BY[colour_by] + (" (log10)" if colour_by == "usage" else "")
         fig.add_trace(scatter(x=xy[has, 0], y=xy[has, 1], mode="markers", name=COLOUR_BY[colour_by],
@@ -381,11 +399,21 @@ def codebook_figure(xy: np.ndarray, stats: CodeStats | None = None, colour_by: s
                                           colorbar=dict(title=dict(text=label, side="right"), thickness=14))))
     if highlight is not None:
         _add_highlight(fig, xy, highlight)
-    fig.update_xaxes(title_text=f"{method.upper()} 1", showticklabels=False, zeroline=False)
+    fig.update_xaxes(title_text=f"{method.upper()} 1", showticklabels=False, zeroline=False, showgrid=not dense)
     # no equal aspect: it left two thirds of a wide plot empty; the 2-D distances are only a guide anyway
-    fig.update_yaxes(title_text=f"{method.upper()} 2", showticklabels=False, zeroline=False)
+    fig.update_yaxes(title_text=f"{method.upper()} 2", showticklabels=False, zeroline=False, showgrid=not dense)
     fig.update_layout(legend=dict(orientation="h", y=-0.12))
-    return finish(fig, f"{SPACES.get(space, space)} · {vocab} codes · {method.upper()}", height=560)
+    shown = f" · density of all, {int(has.sum())} with data as points" if dense else ""
+    return finish(fig, f"{SPACES.get(space, space)} · {vocab} codes · {method.upper()}{shown}", height=560)
+
+
+def _density(xy: np.ndarray, bins: int = DENSITY_BINS) -> go.Heatmap:
+    """Codes per cell of a bins x bins grid over the projection (empty cells blank)."""
+    counts, xe, ye = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins)
+    z = np.where(counts > 0, counts, np.nan).T  # [y, x]
+    return go.Heatmap(x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2, z=z, name="codes per cell",
+                      colorscale=[[0, "#EBEBEB"], [1, "#5A5A5A"]], zmin=0, showscale=False,
+                      hovertemplate="%{z} codes here<extra></extra>")
 
 
 def _highlight_layers(h: CodeHighlight) -> list[tuple[str, np.ndarray, str]]:

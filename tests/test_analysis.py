@@ -377,3 +377,28 @@ def test_depth_figure_hides_thin_depths_and_drops_a_conditional_equal_to_the_rat
     assert "3 depth(s) with < 5 drafts not drawn" in thin.layout.title.text
     with pytest.raises(ValueError, match="min_drafts must be >= 1"):
         steps.depth_figure({"x": [t]}, min_drafts=0)
+
+
+def test_a_16384_code_codebook_is_a_density_with_the_highlight_always_drawn(tmp_path):
+    rng = np.random.default_rng(8)
+    emb = rng.normal(size=(16384, 8)).astype(np.float32)
+    store = codebook.ProjectionStore(tmp_path, background=False)
+    xy, method = store.get("big", "vq", emb)
+    assert method == "pca" and xy.shape == (16384, 2) and not list(tmp_path.iterdir())
+    used = rng.integers(0, 16384, size=6000)
+    stats = codebook.CodeStats(*(np.zeros(16384, dtype=np.int64) for _ in range(6)))
+    np.add.at(stats.usage, used, 1)
+    h = codebook.code_highlight(emb, 12345, 16)
+    fig = codebook.codebook_figure(xy, stats, "usage", h, max_points=1000)
+    density = fig.data[0]
+    assert density.type == "heatmap" and np.nansum(np.asarray(density.z, dtype=float)) == 16384  # every code
+    points = {d.name: d for d in fig.data[1:]}
+    assert len(points["times committed"].x) == 1000  # bounded: the 1000 most used codes with data
+    top = np.sort(stats.usage)[::-1][:1000]
+    shown = np.asarray(points["times committed"].customdata)[:, 0].astype(int)
+    assert np.sort(stats.usage[shown])[::-1].tolist() == top.tolist()
+    assert list(points["16 nearest codes to 12345 (LANTERN's neighbourhood)"].customdata) == h.neighbours.tolist()
+    assert "code 12345 (picked)" in points and "no data yet" not in points
+    assert "16384 codes" in fig.layout.title.text and "1000 with data as points" in fig.layout.title.text
+    with pytest.raises(ValueError, match=r"max_points must be in \[1, 5000\]"):
+        codebook.codebook_figure(xy, stats, max_points=0)
