@@ -4,8 +4,8 @@ For the app (Compare tab): `race_figure({name: trace}, patch)` with one trace pe
 and `patch(code) -> uint8 image [h, w, 3]` of one code (e.g. the VQ decoder's look of that code, as the
 Codebook gallery shows it), or `patch=None` for a token-grid heatmap (colour = token id). A slider picks k =
 the number of forward passes done; every panel shows its trace after k passes: committed positions drawn,
-uncommitted ones blank (grey noise in the image view), drafts waiting for the next pass's verification
-outlined. A decoder that finished before k shows its final state.
+uncommitted ones blank (light grey), drafts waiting for the next pass's verification outlined. A decoder
+that finished before k shows its final state.
 
 Traces only: the picture is assembled from per-position tokens, patch by patch, so it shows where and how
 fast each decoder fills the grid, not the VQ decoder's exact output for a partial grid.
@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import plotly.graph_objects as go
+from matplotlib import colormaps
 from PIL import Image
 from plotly.subplots import make_subplots
 
@@ -27,6 +28,7 @@ from analysis.style import finish
 from decoding.trace import Trace
 
 BLANK, COMMITTED, DRAFTED = 0, 1, 2
+BLANK_GREY = 232  # not committed yet
 MAX_DECODERS = 8
 MAX_FRAMES = 400
 Patch = Callable[[int], np.ndarray]
@@ -79,12 +81,28 @@ class PatchCache:
         return self.cache[code]
 
 
-def race_image(trace: Trace, states: np.ndarray, patch: PatchCache) -> np.ndarray:
-    """[H*h, W*w, 3]: committed positions as their code's patch, the rest as faint grey noise."""
+def token_colours(vocab_size: int) -> np.ndarray:
+    """[V, 3] uint8: token id -> a colour of the Turbo scale (neighbouring ids get neighbouring colours)."""
+    return (colormaps["turbo"](np.linspace(0.0, 1.0, vocab_size))[:, :3] * 255).astype(np.uint8)
+
+
+class TokenColourPatch:
+    """The heatmap view's 'patch': a flat block of the token's colour with a one-pixel white gap."""
+
+    def __init__(self, vocab_size: int, cell: int = 8):
+        self.colours, self.cell = token_colours(vocab_size), cell
+
+    def __call__(self, code: int) -> np.ndarray:
+        block = np.full((self.cell, self.cell, 3), 255, dtype=np.uint8)
+        block[:-1, :-1] = self.colours[code]
+        return block
+
+
+def race_image(trace: Trace, states: np.ndarray, patch: Callable[[int], np.ndarray]) -> np.ndarray:
+    """[H*h, W*w, 3]: committed positions as their code's patch, the rest blank (light grey)."""
     gh, gw = trace.grid_shape
     ph, pw, _ = patch(trace.tokens[0]).shape
-    noise = np.random.default_rng(0).integers(200, 236, size=(gh * ph, gw * pw, 1), dtype=np.uint8)
-    out = np.repeat(noise, 3, axis=2)
+    out = np.full((gh * ph, gw * pw, 3), BLANK_GREY, dtype=np.uint8)
     for pos in np.flatnonzero(states == COMMITTED).tolist():
         r, c = divmod(pos, gw)
         out[r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = patch(trace.tokens[pos])
@@ -97,16 +115,13 @@ def _png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _panel(trace: Trace, states: np.ndarray, patch: PatchCache | None) -> list:
-    """The two traces of one panel after some passes: the picture and the outlines of waiting drafts."""
+def _panel(trace: Trace, states: np.ndarray, patch: Callable[[int], np.ndarray]) -> list:
+    """The two traces of one panel after some passes: the picture (a PNG: a few hundred frames of plotly
+    arrays took seconds to build) and the outlines of the drafts waiting for verification."""
     gh, gw = trace.grid_shape
-    if patch is None:
-        z = np.where(states == COMMITTED, np.asarray(trace.tokens, dtype=float), np.nan).reshape(gh, gw)
-        picture = go.Heatmap(z=z)
-    else:
-        image = race_image(trace, states, patch)
-        picture = go.Image(source=_png_uri(image), dx=gw / image.shape[1], dy=gh / image.shape[0],
-                           x0=-0.5 + gw / image.shape[1] / 2, y0=-0.5 + gh / image.shape[0] / 2)
+    image = race_image(trace, states, patch)
+    picture = go.Image(source=_png_uri(image), dx=gw / image.shape[1], dy=gh / image.shape[0],
+                       x0=-0.5 + gw / image.shape[1] / 2, y0=-0.5 + gh / image.shape[0] / 2)
     rows, cols = np.divmod(np.flatnonzero(states == DRAFTED), gw)
     return [picture, go.Scatter(x=cols, y=rows)]
 
@@ -120,22 +135,18 @@ def _titles(traces: Mapping[str, Trace], passes: int) -> list[str]:
     return out
 
 
-def race_figure(traces: Mapping[str, Trace], patch: Patch | None = None, max_frames: int = 120) -> go.Figure:
+def race_figure(traces: Mapping[str, Trace], patch: Patch | None = None, max_frames: int = 60) -> go.Figure:
     """Panels side by side, one per decoder, and a slider over k = forward passes done (module docstring)."""
     grid = _check(traces)
-    cache = PatchCache(patch) if patch is not None else None
+    vocab = max(t.vocab_size for t in traces.values())
+    cache = PatchCache(patch if patch is not None else TokenColourPatch(vocab))
     names = list(traces)
     ks = frame_passes(traces, max_frames)
     start = int(ks[len(ks) // 3])
     fig = make_subplots(1, len(names), subplot_titles=_titles(traces, start), horizontal_spacing=0.03)
-    vocab = max(t.vocab_size for t in traces.values())
     for i, name in enumerate(names):
         picture, outline = _panel(traces[name], race_states(traces[name], start), cache)
-        if cache is None:
-            picture.update(colorscale="Turbo", zmin=0, zmax=vocab - 1, showscale=False, xgap=1, ygap=1,
-                           hovertemplate="row %{y}, col %{x}: token %{z}<extra></extra>")
-        else:
-            picture.update(hoverinfo="skip")
+        picture.update(hoverinfo="skip")
         outline.update(mode="markers", name="draft awaiting verification", showlegend=i == 0, hoverinfo="skip",
                        marker=dict(symbol="square-open", size=max(6, 180 // grid[1]), color="#D55E00",
                                    line_width=2))
@@ -147,18 +158,18 @@ def race_figure(traces: Mapping[str, Trace], patch: Patch | None = None, max_fra
     current = dict(prefix="forward passes done: ", font=dict(size=15, color="#222222"))
     fig.update_layout(sliders=[dict(active=len(ks) // 3, steps=steps, currentvalue=current, pad=dict(t=40),
                                     font=dict(color="rgba(0,0,0,0)"), x=0.08, len=0.92)],
-                      legend=dict(orientation="h", x=0, y=1.14), plot_bgcolor="#EEEEEE",  # grey = not yet
+                      legend=dict(orientation="h", x=0, y=1.14), plot_bgcolor="#FFFFFF",
                       updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.22, xanchor="left",
                                         buttons=[dict(label="▶ play", method="animate",
                                                       args=[None, dict(frame=dict(duration=120), fromcurrent=True)])])])
     square_axes(fig, grid, len(names))
     fig.update_xaxes(title_text=None, showticklabels=False)
     fig.update_yaxes(title_text=None, showticklabels=False)
-    title = "equal forward passes: " + ("each code drawn as its patch" if cache else "token grid (colour = token id)")
+    title = "equal forward passes: " + ("each code drawn as its patch" if patch else "token grid (colour = token id)")
     return finish(fig, title, height=300 + 40 * max(1, 4 - len(names)) * 2)
 
 
-def _frame(traces: Mapping[str, Trace], k: int, cache: PatchCache | None) -> go.Frame:
+def _frame(traces: Mapping[str, Trace], k: int, cache: PatchCache) -> go.Frame:
     data = [d for t in traces.values() for d in _panel(t, race_states(t, k), cache)]
     annotations = [dict(text=text) for text in _titles(traces, k)]
     return go.Frame(data=data, name=str(k), traces=list(range(len(data))), layout=dict(annotations=annotations))

@@ -90,37 +90,32 @@ def test_race_figure_frames_follow_the_slider(kinds):
     assert ks[0] == 1 and ks[-1] == max(t.nfe for t in traces.values()) and len(ks) == 10
     k = ks[3]
     frame = fig.frames[3]
-    for i, t in enumerate(traces.values()):  # heatmap: token ids where committed, blank elsewhere
-        z = np.asarray(frame.data[2 * i].z, dtype=float).ravel()
-        shown = ~np.isnan(z)
-        assert shown.tolist() == (np.asarray(t.commit_step) < k).tolist()
-        assert z[shown].tolist() == np.asarray(t.tokens)[shown].tolist()
+    for i, t in enumerate(traces.values()):
+        picture, outline = frame.data[2 * i:2 * i + 2]
+        assert picture.type == "image" and picture.source.startswith("data:image/png;base64,")
+        waiting = np.flatnonzero(race.race_states(t, k) == race.DRAFTED)
+        assert sorted((np.asarray(outline.y) * 8 + np.asarray(outline.x)).tolist()) == waiting.tolist()
     titles = [a["text"] for a in frame.layout.annotations]
     assert titles[0].startswith("sjd · ") and len(titles) == 3
+    done = f"done at pass {kinds['rows'].nfe}"
+    assert done in [a["text"] for a in fig.frames[-1].layout.annotations][2]
     with pytest.raises(ValueError, match="different token grids"):
         race.race_figure({"a": kinds["chain"], "b": synthetic_trace((4, 4), 32)})
     with pytest.raises(ValueError, match="max_frames must be in"):
         race.race_figure(traces, max_frames=1)
 
 
-def test_race_draws_codes_with_the_callers_patch(kinds):
-    t = kinds["chain"]
-    patch = lambda code: np.full((2, 3, 3), code, np.uint8)  # noqa: E731
-    cache = race.PatchCache(patch)
+def test_race_token_grid_colours_committed_tokens_and_leaves_the_rest_blank(kinds):
+    t = kinds["tree"]
     k = t.nfe // 2
-    image = race.race_image(t, race.race_states(t, k), cache)
-    assert image.shape == (12, 24, 3)
+    colours = race.token_colours(t.vocab_size)
+    image = race.race_image(t, race.race_states(t, k), race.TokenColourPatch(t.vocab_size, cell=4))
+    assert image.shape == (24, 32, 3)
     for pos in range(t.num_tokens):
         r, c = divmod(pos, 8)
-        cell = image[r * 2:(r + 1) * 2, c * 3:(c + 1) * 3]
-        if t.commit_step[pos] < k:
-            assert (cell == t.tokens[pos]).all()
-        else:
-            assert cell.min() >= 200  # grey noise, not a code
-    fig = race.race_figure({"sjd": t}, patch, max_frames=5)
-    assert fig.data[0].type == "image" and fig.data[0].source.startswith("data:image/png;base64,")
-    with pytest.raises(ValueError, match="must be a uint8 image"):
-        race.race_figure({"sjd": t}, lambda code: np.zeros((2, 2)), max_frames=5)
+        corner = image[r * 4, c * 4]
+        expected = colours[t.tokens[pos]] if t.commit_step[pos] < k else [race.BLANK_GREY] * 3
+        assert corner.tolist() == list(expected)
 
 
 def test_acceptance_histogram_counts_match_the_passes(kinds):
