@@ -479,7 +479,8 @@ def generate_tab(default_model: str, class_names: list[str], bounds: dict) -> Sh
     for w in (view_radio, overlay_cb):
         w.change(redraw, [view_radio, overlay_cb], figures[TRACE_VIEWS[0].name], api_visibility="private")
     upload.upload(load_trace_file, [upload, view_radio, overlay_cb], [image_out, card, *views_out],
-                  api_name="view_trace", concurrency_id="model")
+                  api_name="view_trace", concurrency_id="model",
+                  concurrency_limit=limits.MODEL_WORKERS)
     png_btn.click(summary_png, None, png_file, api_name="summary_png")
     return shared
 
@@ -505,7 +506,8 @@ def compare_tab(shared: Shared, class_names: list[str]):
     summary = gr.Dataframe(label="over the seeds: mean and 95% interval", interactive=False, wrap=True)
     shared.fill_settings(button.click).then(
         run_compare, [shared.model, decoders, shared.settings_all, class_dd, seed_nb, seeds, *shared.sampling],
-        [*[figures[v.name] for v in COMPARE_VIEWS], table, summary], api_name="compare", concurrency_id="model")
+        [*[figures[v.name] for v in COMPARE_VIEWS], table, summary], api_name="compare", concurrency_id="model",
+        concurrency_limit=limits.MODEL_WORKERS)
     return class_dd
 
 
@@ -531,7 +533,8 @@ def codebook_tab(shared: Shared):
     gallery = gr.Gallery(label="decoded codes, each tiled over the grid", columns=9, height=260, object_fit="contain")
     summary = gr.JSON(label="what this session's traces say about the code")
     button.click(explore_codebook, [shared.model, space, colour, code_nb, k, position],
-                 [plot, gallery, summary, status], api_name="codebook", concurrency_id="model")
+                 [plot, gallery, summary, status], api_name="codebook", concurrency_id="model",
+                 concurrency_limit=limits.MODEL_WORKERS)
     return code_nb, position
 
 
