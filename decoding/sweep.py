@@ -114,9 +114,9 @@ class UnitStore:
     def __init__(self, folder: str | Path):
         self.dir = Path(folder) / "units"
 
-    def records(self) -> dict[str, dict]:
-        """Every complete record of every rank file (first one wins for a key); a line cut short by a
-        kill is skipped."""
+    def records(self, specs: dict[str, dict] | None = None) -> dict[str, dict]:
+        """Every complete record of every rank file (the first one wins for a key); a line cut short by
+        a kill is skipped; with `specs`, only records whose spec equals specs[key]."""
         out: dict[str, dict] = {}
         for path in sorted(self.dir.glob("rank-*.jsonl")):
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -124,7 +124,9 @@ class UnitStore:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(record, dict) and "key" in record:
+                if not isinstance(record, dict) or "key" not in record:
+                    continue
+                if specs is None or specs.get(record["key"]) == record.get("spec"):
                     out.setdefault(record["key"], record)
         return out
 
@@ -233,12 +235,14 @@ def run_units(model, units: list[Unit], sampling: SamplingSettings, out_dir: str
     the other ranks, and return every record in plan order on rank 0 ([] on the other ranks).
 
     unit_context: a context manager factory entered around each generation (the app's queue gate)."""
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
     rank, world = rank_and_world()
     store = UnitStore(out_dir)
     with process_group(world, str(model.device)) as dist:
-        done = store.records()
         specs = {u.key: u.spec(model.info.name, sampling) for u in units}
-        mine = [u for u in shard(units, rank, world) if done.get(u.key, {}).get("spec") != specs[u.key]]
+        done = store.records(specs)
+        mine = [u for u in shard(units, rank, world) if u.key not in done]
         total = len(shard(units, rank, world))
         decoders = {u.arm.label: make_decoder(u.arm.decoder, **u.arm.params) for u in units}
         warm = {u.arm.label for u in mine}
@@ -260,8 +264,8 @@ def run_units(model, units: list[Unit], sampling: SamplingSettings, out_dir: str
             dist.barrier()
     if rank != 0:
         return []
-    done = store.records()
-    missing = [u.key for u in units if done.get(u.key, {}).get("spec") != specs[u.key]]
+    done = store.records(specs)
+    missing = [u.key for u in units if u.key not in done]
     if missing:
         raise RuntimeError(f"{len(missing)} units have no record after the run (first: {missing[0]}); "
                            f"run again to finish them")
@@ -318,20 +322,21 @@ def sweep_arms(decoder: str, base_settings: dict, parameter: str, values: list, 
 def run_sweep(model, decoder: str, base_settings: dict, parameter: str, values: list, n_images: int,
               out_dir: str | Path, *, sampling: SamplingSettings | None = None, classes: list[int] | None = None,
               baseline: bool = True, classifier: Any = "auto", progress: Progress | None = None,
-              unit_context: Callable[[], Any] | None = None) -> SweepResult | None:
+              unit_context: Callable[[], Any] | None = None, warmup: int = 1) -> SweepResult | None:
     """Sweep one hyperparameter of `decoder` over `values` (duplicates merged), `n_images` per value
     (classes cycled, seed = image index), with the same images under `ar` as the speed baseline.
 
     model: an ARImageModel; base_settings: the decoder's other parameters; classes: default all;
     classifier: 'auto' (the shipped one for fashion-mnist), None, or a callable uint8 images ->
-    labels; progress(done, total) after every unit; unit_context: entered around each generation.
+    labels; progress(done, total) after every unit; unit_context: entered around each generation;
+    warmup: untimed generations per setting first.
     Resumes from out_dir. Returns the table, samples and files on rank 0, None on other ranks."""
     from analysis import sweeps
 
     sampling = sampling or SamplingSettings()
     arms = sweep_arms(decoder, dict(base_settings), parameter, list(values), baseline)
     classes = list(range(model.info.num_classes)) if classes is None else list(classes)
-    records = run_units(model, plan_units(arms, n_images, classes), sampling, out_dir, progress, unit_context)
+    records = run_units(model, plan_units(arms, n_images, classes), sampling, out_dir, progress, unit_context, warmup)
     if not records:
         return None
     clf = default_classifier(model) if classifier == "auto" else classifier
@@ -379,9 +384,9 @@ def write_sweep_outputs(out: Path, rows: list[dict], samples: list, parameter: s
         for s in samples:
             f.write(json.dumps({"setting": s.setting, "label": s.label, "predicted": s.predicted,
                                 "trace": s.trace.to_dict()}) + "\n")
-    atomic_write_text(files["curves.html"], sweeps.sweep_curves(rows, parameter).to_html(include_plotlyjs="cdn"))
+    atomic_write_text(files["curves.html"], sweeps.sweep_curves(rows, parameter).to_html(include_plotlyjs=True))
     atomic_write_text(files["speed_quality.html"],
-                      sweeps.speed_quality_figure(rows, parameter).to_html(include_plotlyjs="cdn"))
+                      sweeps.speed_quality_figure(rows, parameter).to_html(include_plotlyjs=True))
     atomic_write_bytes(files["frontier.png"], sweeps.sweep_frontier_png(rows, parameter))
     return files
 
@@ -405,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--classifier", default="auto", help="'auto' (shipped one for fashion-mnist), 'none' or a path")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (this rank's GPU when there is one)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed generations per setting first (default 1)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default="runs/sweep", help="output folder; a run there is resumed")
     return ap
@@ -447,7 +453,8 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     bar = None if a.no_progress else ProgressBar(f"rank {rank}/{world} " if world > 1 else "")
     result = run_sweep(model, a.decoder, settings, a.parameter, a.values.split(","), a.images, a.out,
                        sampling=SamplingSettings(a.cfg_scale, a.temperature, a.top_k, a.top_p), classes=classes,
-                       baseline=not a.no_baseline, classifier=classifier_option(a.classifier, model), progress=bar)
+                       baseline=not a.no_baseline, classifier=classifier_option(a.classifier, model), progress=bar,
+                       warmup=a.warmup)
     if result is not None:
         print(format_table_rows(result.rows))
         print(f"\nsaved to {Path(a.out)}: " + ", ".join(p.name for p in result.files.values()))

@@ -1,0 +1,120 @@
+"""decoding/sweep.py: the plan, the unit files, resuming, and ranks: a 2-process torchrun sweep and a
+sweep killed halfway and resumed both give the table and tokens of one uninterrupted process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from decoding import sweep
+from decoding.sampling import SamplingSettings
+from models.registry import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMED = {"decode s / image", "speedup vs ar"}  # measured wall clock: the only columns allowed to differ
+
+
+def test_plan_balances_classes_and_fixes_seeds():
+    arms = [sweep.Arm("ar", "ar"), sweep.Arm("ar@1000", "ar", seed_base=1000)]
+    units = sweep.plan_units(arms, 5, [3, 7])
+    assert [(u.arm.label, u.seed, u.label) for u in units[:4]] == [("ar", 0, 3), ("ar@1000", 1000, 3),
+                                                                   ("ar", 1, 7), ("ar@1000", 1001, 7)]
+    assert sorted(u.key for u in sweep.shard(units, 0, 3) + sweep.shard(units, 1, 3) + sweep.shard(units, 2, 3)) \
+        == sorted(u.key for u in units)
+    with pytest.raises(ValueError, match=r"images per setting must be in \[1, 100000\], got 0"):
+        sweep.plan_units(arms, 0, [0])
+    with pytest.raises(ValueError, match="arm labels must be unique"):
+        sweep.plan_units([arms[0], arms[0]], 1, [0])
+
+
+def test_values_are_merged_and_settings_checked_before_running():
+    assert sweep.dedupe_values(["1", 1.0, 2, "none", None, "2"]) == [1, 2, None]
+    arms = sweep.sweep_arms("sjd", {"init": "vertical"}, "window", ["4", 4, 8], baseline=True)
+    assert [a.label for a in arms] == ["ar", "sjd:init=vertical,window=4", "sjd:init=vertical,window=8"]
+    with pytest.raises(ValueError, match="decoder 'sjd' has no parameter 'delta'"):
+        sweep.sweep_arms("sjd", {}, "delta", [0.1], True)
+    with pytest.raises(ValueError, match="window"):
+        sweep.sweep_arms("sjd", {}, "window", [-3], True)
+
+
+def test_a_cut_line_is_dropped_and_a_record_of_other_settings_is_not_reused(tmp_path):
+    model = load_model("tiny-fixture")
+    arms = [sweep.Arm("ar", "ar")]
+    units = sweep.plan_units(arms, 3, [0, 1])
+    first = sweep.run_units(model, units, SamplingSettings(), tmp_path, warmup=0)
+    path = tmp_path / "units" / "rank-0.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:50])  # a kill in the middle of the third line
+    assert set(sweep.UnitStore(tmp_path).records()) == {"ar#0", "ar#1"}
+    again = sweep.run_units(model, units, SamplingSettings(), tmp_path, warmup=0)
+    assert [r["trace"]["tokens"] for r in again] == [r["trace"]["tokens"] for r in first]
+    assert len(path.read_text().splitlines()) == 3  # only the cut unit was redone
+    other = sweep.run_units(model, units, SamplingSettings(cfg_scale=2.0), tmp_path, warmup=0)
+    assert [r["spec"]["sampling"]["cfg_scale"] for r in other] == [2.0] * 3
+    assert len(path.read_text().splitlines()) == 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sweep_args(out: Path, model: str, values: str, images: int) -> list[str]:
+    return ["-m", "decoding.sweep", "--model", model, "--decoder", "sjd", "--parameter", "window", "--values",
+            values, "--images", str(images), "--threads", "1", "--warmup", "0", "--no-progress", "--out", str(out)]
+
+
+def run(cmd: list[str], timeout: float = 60) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def merged(out: Path) -> tuple[list[dict], list[tuple]]:
+    rows = [{k: v for k, v in r.items() if k not in TIMED} for r in json.loads((out / "table.json").read_text())]
+    images = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
+    return rows, [(i["setting"]["window"], i["label"], i["trace"]["seed"], i["trace"]["tokens"]) for i in images]
+
+
+def test_two_torchrun_ranks_give_the_table_of_one_process(tmp_path):
+    run([sys.executable, *sweep_args(tmp_path / "one", "tiny-fixture", "2,3", 4)])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    run(torchrun + sweep_args(tmp_path / "two", "tiny-fixture", "2,3", 4))
+    assert sorted(p.name for p in (tmp_path / "two" / "units").iterdir()) == ["rank-0.jsonl", "rank-1.jsonl"]
+    ranks = [len((tmp_path / "two" / "units" / f"rank-{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
+    assert ranks == [6, 6]  # 3 settings (ar, window 2, window 3) x 4 images, dealt round-robin
+    one, two = merged(tmp_path / "one"), merged(tmp_path / "two")
+    assert one == two and len(one[1]) == 12 and [r["images"] for r in one[0]] == [4, 4, 4]
+
+
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
+    """45 units of the tiny model (milliseconds each), killed once 8 are on disk."""
+    args = ("tiny-fixture", "2,3", 15)  # ar, sjd window 2 and 3: 45 units
+    run([sys.executable, *sweep_args(tmp_path / "whole", *args)])
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *sweep_args(out, *args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    units = out / "units" / "rank-0.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if units.exists() and units.read_text().count("\n") >= 8:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    written = units.read_text().count("\n")
+    assert 8 <= written < 45, f"the kill should land mid-run, {written} of 45 units were written"
+    assert not (out / "table.json").exists()
+    run([sys.executable, *sweep_args(out, *args)])
+    assert units.read_text().count("\n") == 45  # the finished units were not redone
+    assert merged(out) == merged(tmp_path / "whole")
