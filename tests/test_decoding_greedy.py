@@ -42,6 +42,15 @@ def test_greedy_equals_ar(model, reference, cls, window, init):
 
 
 @pytest.mark.parametrize("cls", JACOBI_FAMILY, ids=lambda c: c.name)
+def test_greedy_with_uniform_q_equals_ar(model, reference, cls):
+    """uniform_q scores fresh random drafts with q = 1/V: greedy, min(1, V p(x)) still accepts only the argmax."""
+    decoder = cls(window=6, uniform_q=True)
+    for (i, label), ref in reference.items():
+        tokens = decoder.generate(model, label, GREEDY[i], seed=2, decode_image=False).tokens
+        assert torch.equal(tokens, ref), f"{cls.name} uniform_q label={label}"
+
+
+@pytest.mark.parametrize("cls", JACOBI_FAMILY, ids=lambda c: c.name)
 @pytest.mark.parametrize("window", [3, 16])
 def test_greedy_with_always_right_drafts(model, reference, cls, window):
     n = model.info.num_tokens
