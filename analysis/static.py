@@ -38,7 +38,8 @@ def summary_figure(trace: Trace, image: np.ndarray | None = None) -> plt.Figure:
                    loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=2, frameon=False, fontsize=9)
     im = axes[1].imshow(to_grid(table.step, trace.grid_shape), cmap="viridis", interpolation="nearest")
     axes[1].set_title("forward pass that committed it")
-    fig.colorbar(im, ax=axes[1], shrink=0.8)
+    fig.colorbar(im, ax=axes[1], shrink=0.8, label="forward pass")
+    fig.get_layout_engine().set(wspace=0.12)  # the colour bar's label clear of the histogram's y label
     for ax in axes[:2]:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -135,3 +135,28 @@ def _rate_line(d: np.ndarray, rate: np.ndarray, k: np.ndarray, n: np.ndarray, na
                       customdata=np.stack([k, n], -1), connectgaps=False,
                       hovertemplate="depth %{x}: %{customdata[0]}/%{customdata[1]} = %{y:.2f}"
                                     "<extra>" + hover_name + "</extra>")
+
+
+def rows_per_pass(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """([H, NFE] tokens committed in each grid row by each pass, [H, NFE] drafts verified there): a raster
+    decoder works on one row at a time (a staircase), ZipAR/PJD on several (a band)."""
+    h, w = trace.grid_shape
+    committed, verified = np.zeros((h, trace.nfe), dtype=int), np.zeros((h, trace.nfe), dtype=int)
+    for s, nodes in zip(trace.steps, all_pass_nodes(trace)):
+        np.add.at(committed[:, s.index], np.asarray(s.committed_positions, dtype=np.int64) // w, 1)
+        np.add.at(verified[:, s.index], nodes.rows, 1)
+    return committed, verified
+
+
+def rows_figure(trace: Trace) -> go.Figure:
+    """Tokens committed per grid row (y) and forward pass (x); blank = the pass did not touch the row."""
+    committed, verified = rows_per_pass(trace)
+    z = np.where((committed > 0) | (verified > 0), committed, np.nan)
+    fig = go.Figure(go.Heatmap(z=z, customdata=verified, colorscale="Viridis", zmin=0, xgap=0, ygap=1,
+                               colorbar=dict(title=dict(text="tokens committed", side="right"), thickness=14),
+                               hovertemplate="pass %{x}, row %{y}: %{z} committed, %{customdata} drafts "
+                                             "verified<extra></extra>"))
+    most = int(((committed > 0) | (verified > 0)).sum(0).max()) if trace.nfe else 0
+    fig.update_xaxes(title_text="forward pass")
+    fig.update_yaxes(title_text="grid row", autorange="reversed", dtick=max(1, trace.grid_shape[0] // 8))
+    return finish(fig, f"rows worked on per forward pass · up to {most} row(s) in one pass", height=360)

@@ -159,3 +159,16 @@ def test_replay_marks_the_rows_each_pass_decoded(kinds):
     for frame in fig.frames:
         assert sorted(frame.data[3].y) == expected[int(frame.name)]
     assert any(len(set(frame.data[3].y)) > 1 for frame in fig.frames)
+
+
+def test_rows_per_pass_counts_commits_and_drafts_by_row(kinds):
+    for kind in ("chain", "rows", "tree"):
+        t = kinds[kind]
+        committed, verified = steps.rows_per_pass(t)
+        assert committed.sum() == t.num_tokens and verified.sum() == sum(len(s.positions) for s in t.steps)
+        assert committed.sum(1).tolist() == [t.grid_shape[1]] * t.grid_shape[0]  # every row filled once
+        for s in t.steps:
+            assert sorted(np.flatnonzero(committed[:, s.index]).tolist()) == sorted(
+                {p // t.grid_shape[1] for p in s.committed_positions})
+    rows = steps.rows_figure(kinds["rows"])
+    assert "up to 3 row(s) in one pass" in rows.layout.title.text
