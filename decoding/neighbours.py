@@ -25,6 +25,7 @@ CHUNK_ROWS = 1024
 MAX_PAIRS = 1 << 20
 PAIR_CHUNK = 8192
 MAX_TABLE_CODES = 4096  # a [V, V] float32 distance table up to 64 MiB
+TABLE_CHUNK_ELEMENTS = 1 << 24  # [rows, V, D] differences built at once for that table (64 MiB)
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CACHE_BY_ID: dict[int, dict] = {}  # for model objects that cannot be weakly referenced
@@ -125,6 +126,8 @@ def sq_distance_table(model: Any, space: str) -> torch.Tensor | None:
     cache = _model_cache(model)
     key = ("sq_distances", space)
     if key not in cache:
-        cache[key] = torch.cat([(table[None, :, :] - table[s:s + CHUNK_ROWS, None, :]).square().sum(-1)  # [rows, V]
-                                for s in range(0, len(table), CHUNK_ROWS)])
+        # a few rows at a time: [V, V, D] differences at once would be 1 GiB for V = 1024, D = 256 (and slow)
+        rows = max(1, TABLE_CHUNK_ELEMENTS // table.numel())
+        cache[key] = torch.cat([(table[None, :, :] - table[s:s + rows, None, :]).square().sum(-1)  # [rows, V]
+                                for s in range(0, len(table), rows)])
     return cache[key]
