@@ -32,9 +32,12 @@ chained residual.
 
 Known differences from the official code, on purpose:
 - The best path: the official code accepts each node by its own test (`p > q * u` per node) and keeps
-  the longest `cummin` path; a later sibling can then be taken although an earlier one was accepted,
-  which is not the recursive rejection sampler the residual chaining implies. Here the first accepted
-  sibling is followed (so at most one path is accepted, and it is the longest).
+  the longest `cummin` path. A later sibling can then be taken although an earlier one was accepted,
+  a case the proof of recursive rejection sampling does not cover. Here the first accepted sibling is
+  followed, so one path is accepted (it is then also the longest). With tree depth 2 the two choices
+  coincide. A re-implementation of the longest-path choice was not rejected by our chi-square test on
+  the tiny model (1200 sequences: p = 0.86 for K = 2, D = 3; 0.09 for K = 3, D = 2), so any bias it
+  has is small there.
 - Siblings: the official code draws the siblings of a rejected position from the residual
   norm(max(0, p - q_old)) (and of a kept one from it too) but verifies them as draws from p with the
   earlier siblings zeroed; here they are drawn from exactly that distribution (q without the earlier
