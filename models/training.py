@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.checkpoint import CheckpointError, atomic_torch_save, checked_tensor, load_into, load_torch_file
+
 
 def training_parser(doc: str, out: str, minutes: float, max_steps: int, batch: int, lr: float,
                     max_steps_help: str = "stop after this many steps") -> argparse.ArgumentParser:
@@ -30,22 +32,44 @@ def save_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimize
     """Everything a run needs to resume (model, optimiser, step, RNGs), written atomically."""
     state = {"model": module.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state(),
              "torch_rng": torch.get_rng_state()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_torch_save(state, path)
+
+
+TRAINING_STATE_KEYS = ("model", "opt", "step", "gen")
 
 
 def load_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
-    """Resume from `path` if it exists; returns the step reached (0 for a new run)."""
+    """Resume from `path` if it exists; returns the step reached (0 for a new run).
+    Every failure is a CheckpointError naming the file (and the key where one applies)."""
+    path = Path(path)
     if not path.exists():
         return 0
-    state = torch.load(path, weights_only=True)
-    module.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    gen.set_state(state["gen"])
+    state = load_torch_file(path)
+    missing = [k for k in TRAINING_STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training state: missing key {missing[0]!r} "
+                              f"(expected {', '.join(TRAINING_STATE_KEYS)})")
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path}: key 'model' must be a state dict, found {type(state['model']).__name__}")
+    sd = {k: checked_tensor(v, path, f"model.{k}") for k, v in state["model"].items()}
+    load_into(module, sd, path)
+    step = state["step"]
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"{path}: key 'step' must be an integer >= 0, found {step!r}")
+    _restore(path, "opt", lambda: opt.load_state_dict(state["opt"]))
+    _restore(path, "gen", lambda: gen.set_state(state["gen"]))
     if "torch_rng" in state:
-        torch.set_rng_state(state["torch_rng"])
-    return state["step"]
+        _restore(path, "torch_rng", lambda: torch.set_rng_state(state["torch_rng"]))
+    return step
+
+
+def _restore(path: Path, key: str, restore) -> None:
+    try:
+        restore()
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError) as e:
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: key {key!r} does not fit this run (different model or optimiser?): "
+                              f"{msg}") from e
 
 
 def start_run(args: argparse.Namespace) -> Path:
