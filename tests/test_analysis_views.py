@@ -172,3 +172,27 @@ def test_rows_per_pass_counts_commits_and_drafts_by_row(kinds):
                 {p // t.grid_shape[1] for p in s.committed_positions})
     rows = steps.rows_figure(kinds["rows"])
     assert "up to 3 row(s) in one pass" in rows.layout.title.text
+
+
+def test_drafter_agreement_counts_drafts_that_were_the_targets_top1(kinds):
+    from analysis import drafter
+
+    t = synthetic_trace((6, 8), 32, window=4, accept=0.6, seed=9)  # its own: edited below
+    s = next(s for s in t.steps if len(s.positions) >= 2)
+    s.top1_prob[0], s.p_draft[0] = 0.4, 0.4  # the first draft was the target's top-1, the second not
+    s.top1_prob[1], s.p_draft[1] = 0.4, 0.1
+    assert drafter.is_target_top1(s.p_draft[:2], s.top1_prob[:2]).tolist() == [True, False]
+    share, verified = drafter.agreement_grid([t])
+    assert verified.sum() == sum(len(x.positions) for x in t.steps)
+    p = s.positions[0]
+    hits = sum(drafter.is_target_top1([x.p_draft[i]], [x.top1_prob[i]])[0] for x in t.steps
+               for i, q in enumerate(x.positions) if q == p)
+    assert share.ravel()[p] == pytest.approx(hits / verified.ravel()[p])
+    d = drafter.by_depth([t])
+    assert d["verified"].sum() == verified.sum() and d["accepted"].sum() == sum(x.n_accepted for x in t.steps)
+    summary = drafter.drafter_summary([t])
+    assert summary["drafter forwards per pass"] == 0.0 and summary["drafts verified"] == verified.sum()
+    assert drafter.drafter_figure([t]).data[0].type == "heatmap"
+    assert "no drafts" in drafter.drafter_figure([kinds["ar"]]).layout.annotations[0].text
+    with pytest.raises(ValueError, match="different grids"):
+        drafter.agreement_grid([t, synthetic_trace((4, 4), 32)])
