@@ -418,3 +418,12 @@ def test_no_pickle_anywhere_in_the_source_tree():
     assert len(files) > 20
     found = [use for p in files for use in pickle_uses(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
     assert found == []
+
+
+def test_readme_lists_every_environment_variable():
+    import re
+
+    documented = set(re.findall(r"`((?:SPECLENS_|GRADIO_SERVER_)?[A-Z_]+)`", environment.__doc__)) - {"HOME"}
+    assert {"SPECLENS_MODEL", "SPECLENS_THREADS", "PORT", "SPECLENS_ALLOW_DOWNLOAD"} <= documented
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert [v for v in sorted(documented) if f"`{v}`" not in readme] == []
