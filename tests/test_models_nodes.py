@@ -336,3 +336,23 @@ def test_node_errors_are_specific(tiny):
             tiny.prefill(0, 2.0)
     finally:
         tiny.scratch_slots = 24
+
+
+def test_wrappers_sharing_one_gpt_each_get_their_cache_layout(tiny):
+    """The cache lives on the GPT: a second wrapper's prefill reallocates it, the first one's next
+    prefill restores its own scratch size (and its forwards stay right)."""
+    other = ARImageModel(tiny.gpt, tiny.vq, "other")
+    other.scratch_slots = 3
+    gen = torch.Generator().manual_seed(9)
+    n = tiny.info.num_tokens
+    committed = torch.randint(0, tiny.info.vocab_size, (n,), generator=gen)
+    other.prefill(0, 2.0)
+    assert tiny.gpt.cache_layout() == (2, 3)
+    with pytest.raises(ValueError, match=r"slots must be in \[0, 18\]"):
+        other.forward_nodes(committed[:1], torch.tensor([2]), torch.ones(1, 1, dtype=torch.bool), 2,
+                            slots=torch.tensor([20]))
+    commit(tiny, 0, 2.0, committed, gen)
+    assert tiny.gpt.cache_layout() == (2, 24)
+    context = (torch.arange(n) < 2).expand(1, n)
+    assert_nodes_match(tiny, 0, 2.0, committed, committed[:1], torch.tensor([2]), torch.ones(1, 1, dtype=torch.bool),
+                       context, context=2, slots=torch.tensor([20]))
