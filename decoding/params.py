@@ -111,9 +111,14 @@ def check_value(name: str, value: Any, spec: ParamSpec, high: float | None = Non
 
 
 def validate(decoder: Any) -> None:
-    """Enforce every declared range of a decoder instance (model-free bounds)."""
+    """Enforce every declared range of a decoder instance (model-free bounds). An integer parameter
+    given as a whole float (7.0, as a UI widget sends it) is stored as the int 7, so that the decoder
+    can index and slice with it."""
     for spec in describe(type(decoder)):
-        check_value(spec.name, getattr(decoder, spec.name), spec)
+        value = getattr(decoder, spec.name)
+        check_value(spec.name, value, spec)
+        if value is not None and (spec.meta.integer or spec.kind is int) and not isinstance(value, int):
+            object.__setattr__(decoder, spec.name, int(value))  # also on frozen dataclasses
 
 
 def validate_for_model(decoder: Any, info: Any) -> None:

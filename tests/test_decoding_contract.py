@@ -217,3 +217,16 @@ def test_user_decoder_by_import_path(model, tmp_path, monkeypatch):
         decoder_class("nope")
     with pytest.raises(ValueError, match="no parameter"):
         make_decoder("sjd", group_size=3)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_bad_label_and_model_bound_are_refused_before_anything_runs(model, name):
+    class Untouchable:
+        """Only `info`: a decoder that validates first never calls the model."""
+        info = model.info
+
+    for label in (-1, model.info.num_classes):
+        with pytest.raises(ValueError, match=rf"label must be a class id in \[0, {model.info.num_classes - 1}\]"):
+            make_decoder(name).generate(Untouchable(), label, SAMPLING, seed=0)
+    with pytest.raises(ValueError, match=r"top_k must be in \[0, vocab_size\] \(here 64\), got 65"):
+        make_decoder(name).generate(Untouchable(), 0, SamplingSettings(top_k=65), seed=0)

@@ -195,3 +195,11 @@ def test_readme_decoders_table_is_the_generated_one():
     for name, cls in DECODERS.items():
         row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
         assert cls.summary in row and all(f"`{s.name}`" in row for s in describe(cls))
+
+
+def test_whole_float_integers_are_stored_as_int():
+    decoder = make_decoder("gsd", window=7.0, group_size=5.0)
+    assert (decoder.window, decoder.group_size) == (7, 5) and type(decoder.window) is int
+    assert type(SamplingSettings(top_k=3.0).top_k) is int
+    with pytest.raises(ValueError, match="window must be an integer"):
+        make_decoder("sjd", window=7.5)
