@@ -30,7 +30,7 @@ from torch import nn
 WRAPPER_KEYS = ("model", "module", "state_dict")
 RUNTIME_KEY_PARTS = ("kv_cache.", "freqs_cis", "causal_mask")
 MAX_CHECKPOINT_BYTES = 16 * 2**30  # uncompressed, all entries: GPT-XXL in float32 is 5.6 GB
-MAX_PICKLE_BYTES = 64 * 2**20  # the pickled structure (not the tensors): ~100 KB for an official GPT
+MAX_PICKLE_BYTES = 16 * 2**20  # the pickled structure (not the tensors): ~100 KB for an official GPT
 MAX_COMPRESSION_RATIO = 10  # torch.save stores tensors uncompressed; weights deflate by ~1.1x
 
 
@@ -48,7 +48,9 @@ def read_state_dict(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> 
         obj = load_torch_file(path, max_bytes)
         meta = _torch_metadata(obj, path)
     sd = _unwrap(obj, path)
-    return {k: checked_tensor(v, path, k) for k, v in sd.items() if not any(p in k for p in RUNTIME_KEY_PARTS)}, meta
+    sd = {k: v for k, v in sd.items() if not any(p in k for p in RUNTIME_KEY_PARTS)}
+    check_tensor_sizes(sd, path)
+    return {k: checked_tensor(v, path, k) for k, v in sd.items()}, meta
 
 
 def check_file(path: Path) -> None:
@@ -163,6 +165,23 @@ def _unwrap(obj: dict, path: Path) -> dict[str, torch.Tensor]:
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
+
+
+def check_tensor_sizes(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """Before any tensor is touched: none is larger than the data stored for it (a stride-0 view of one
+    number can claim 10**12 elements), and in float32 they need at most twice the bytes stored (half
+    precision upcast), so that views sharing one storage cannot multiply the memory either."""
+    stored = {}
+    for key, t in sd.items():
+        storage = t.untyped_storage()
+        if t.numel() * t.element_size() > storage.nbytes():
+            raise CheckpointError(f"{path}: tensor {key!r} of shape {list(t.shape)} is larger than the "
+                                  f"{storage.nbytes()} bytes stored for it (overlapping or expanded strides)")
+        stored[storage.data_ptr()] = storage.nbytes()
+    needed = 4 * sum(t.numel() for t in sd.values())
+    if needed > 2 * sum(stored.values()) + 2**20:
+        raise CheckpointError(f"{path}: its tensors need {needed} bytes in float32 but the file stores only "
+                              f"{sum(stored.values())} (many tensors viewing the same data)")
 
 
 def checked_tensor(t: torch.Tensor, path: Path, key: str) -> torch.Tensor:

@@ -7,7 +7,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoint import CheckpointError, atomic_torch_save, checked_tensor, load_into, load_torch_file
+from models.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    check_tensor_sizes,
+    checked_tensor,
+    load_into,
+    load_torch_file,
+)
 
 
 def training_parser(doc: str, out: str, minutes: float, max_steps: int, batch: int, lr: float,
@@ -51,6 +58,10 @@ def load_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimize
                               f"(expected {', '.join(TRAINING_STATE_KEYS)})")
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: key 'model' must be a state dict, found {type(state['model']).__name__}")
+    bad = next((k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: 'model' entry {bad!r} is not a tensor")
+    check_tensor_sizes(dict(_tensors(state)), path)  # optimiser moments too, before anything is cast
     sd = {k: checked_tensor(v, path, f"model.{k}") for k, v in state["model"].items()}
     load_into(module, sd, path)
     step = state["step"]
@@ -61,6 +72,16 @@ def load_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimize
     if "torch_rng" in state:
         _restore(path, "torch_rng", lambda: torch.set_rng_state(state["torch_rng"]))
     return step
+
+
+def _tensors(obj, prefix: str = ""):
+    """(dotted key, tensor) for every tensor in nested dicts/lists."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        if isinstance(value, torch.Tensor):
+            yield f"{prefix}{key}", value
+        else:
+            yield from _tensors(value, f"{prefix}{key}.")
 
 
 def _restore(path: Path, key: str, restore) -> None:

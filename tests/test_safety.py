@@ -57,6 +57,7 @@ def hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
     gpt = tiny_gpt()
     sd = {k: v.clone() for k, v in gpt.state_dict().items()}
     zeros = save_weights(folder / "zeros_plain.pt", {"w": torch.zeros(1 << 26)})  # 256 MB
+    shared = torch.zeros(1 << 20, dtype=torch.half)  # 100 views of these 2 MB: 400 MB in float32
     files = {
         "n_layer": (save_with_config(folder / "layers.pt", gpt, n_layer=10**6), r"layers\.pt.*'n_layer' = 1000000"),
         "dim": (save_with_config(folder / "dim.pt", gpt, dim=10**7), r"dim\.pt.*'dim' = 10000000"),
@@ -74,6 +75,10 @@ def hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
             r"nan\.pt: tensor 'layers\.0\.attention\.wo\.weight' holds 64 non-finite"),
         "inf": (save_weights(folder / "inf.pt", {**sd, "tok_embeddings.weight": sd["tok_embeddings.weight"].index_fill(
             1, torch.tensor([0]), float("-inf"))}), r"inf\.pt: tensor 'tok_embeddings\.weight' holds 64 non-finite"),
+        "expanded": (save_weights(folder / "expanded.pt", {**sd, "w": torch.zeros(1, dtype=torch.half).expand(
+            8192, 8192)}), r"expanded\.pt: tensor 'w' of shape \[8192, 8192\] is larger than the 2 bytes stored"),
+        "shared_views": (save_weights(folder / "views.pt", {**sd, **{f"v{i}": shared for i in range(100)}}),
+                         r"views\.pt: its tensors need \d+ bytes in float32 but the file stores only"),
         "int_key": (save_weights(folder / "intkey.pt", {0: torch.zeros(2)}), r"intkey\.pt: state dict key 0 is a int"),
         "empty": (folder / "empty.pt", r"empty.*empty\.pt"),
         "directory": (folder / "adir.pt", r"adir\.pt: is a directory"),
@@ -92,7 +97,8 @@ def hostile(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["n_layer", "dim", "layers_not_in_file", "compressed", "int", "bool", "complex",
-                                  "nan", "inf", "int_key", "empty", "directory", "truncated"])
+                                  "nan", "inf", "expanded", "shared_views", "int_key", "empty", "directory",
+                                  "truncated"])
 def test_hostile_checkpoint_is_refused_by_name(hostile, case):
     path, message = hostile[case]
     with pytest.raises(CheckpointError, match=message):
