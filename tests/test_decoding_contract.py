@@ -54,7 +54,11 @@ def check_trace(trace: Trace, n: int, decoder: Decoder) -> None:
             assert s.window_start == expected_next - 1  # the window starts at the last committed token
         expected_next += len(s.committed_positions)
         assert s.n_accepted == sum(k in ("draft", "relaxed") for k in s.committed_kinds)
-        assert s.positions == s.committed_positions[:len(s.positions)] or not s.positions
+        # the accepted path (a chain's accepted drafts, a tree's followed nodes) is the committed prefix
+        path = [pos for pos, on in zip(s.positions, s.on_path) if on] if s.on_path else s.positions[:s.n_accepted]
+        assert path == s.committed_positions[:len(path)]
+        if not s.parents or s.parents == list(range(-1, len(s.positions) - 1)):  # a chain: no sibling nodes
+            assert s.positions == s.committed_positions[:len(s.positions)] or not s.positions
         assert all(0.0 <= a <= 1.0 for a in s.accept_prob)
         assert s.forward_s >= 0 and s.overhead_s >= 0
         # one group per verified draft (validate: the draft inside, group_size codes), or none at all
@@ -133,6 +137,12 @@ class NaNAfterPrefill:
 
     def forward_window(self, tokens, start):
         return torch.full_like(self._model.forward_window(tokens, start), float("nan"))
+
+    def forward_nodes(self, *args, **kwargs):
+        out = self._model.forward_nodes(*args, **kwargs)
+        if isinstance(out, tuple):  # (logits, hidden states)
+            return torch.full_like(out[0], float("nan")), *out[1:]
+        return torch.full_like(out, float("nan"))
 
 
 @dataclass
