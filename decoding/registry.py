@@ -97,3 +97,7 @@ def decoder_table_markdown() -> str:
         rows.append(f"| `{name}` | {_cell(cls.summary)} | {'yes' if cls.lossless else 'no'} | {_cell(params)} "
                     f"| {_cell(paper)} |")
     return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # `python -m decoding.registry`: the table to paste into README.md's Decoders section
+    print(decoder_table_markdown(), end="")

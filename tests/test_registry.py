@@ -191,7 +191,7 @@ def test_readme_decoders_table_is_the_generated_one():
     end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
     table = "\n".join(lines[first:end]) + "\n"  # the section's first table
     assert table == decoder_table_markdown(), (
-        "README.md's Decoders table is stale: replace it with decoding.registry.decoder_table_markdown()")
+        "README.md's Decoders table is stale: replace it with the output of `python -m decoding.registry`")
     for name, cls in DECODERS.items():
         row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
         assert cls.summary in row and all(f"`{s.name}`" in row for s in describe(cls))
