@@ -5,6 +5,12 @@ overhead, so the loop does the least it can per token: the uniforms of the whole
 once (on the CPU generator the same stream as one draw per token, so the tokens are those of a
 per-token `sample`), each target p is written into a block of rows whose trace statistics (p of the
 token, top-1 probability, entropy) are computed together, and the trace is filled once at the end.
+
+Where it differs from LlamaGen's `generate()` / `sample()` (FoundationVision/LlamaGen), on purpose:
+- a temperature below 1e-4 is greedy argmax (LlamaGen divides by max(T, 1e-5) and still samples);
+- tokens are drawn by inverting the CDF with one float64 uniform per token from the CPU generator,
+  not `torch.multinomial`: the same distribution, another random stream, the same on every device;
+- CFG, temperature, top-k, top-p in LlamaGen's order (`decoding/sampling.py`); no `cfg_interval`.
 """
 from __future__ import annotations
 
