@@ -48,6 +48,7 @@ LOSSLESS = [
     ("sjd-pac", {"window": 7, "tree_width": 2, "tree_depth": 3}, SAMPLING),
     ("sjd-pac", {"window": 13, "tree_width": 3, "tree_depth": 3}, TOP_K),
     ("sjd-pac", {"window": 4, "tree_width": 3, "tree_depth": 2, "uniform_q": False}, SAMPLING),
+    ("zipar", {"local_window": 2}, SAMPLING),  # a row waits for the complete row above (2-wide grid): AR
 ]
 # every lossless decoder of the registry is tested: one without a case above runs at its defaults
 LOSSLESS += [(name, {}, SAMPLING) for name in lossless_decoders() if name not in {c[0] for c in LOSSLESS}]
@@ -87,12 +88,13 @@ def fitted(name: str, params: dict, model) -> dict:
     return {**params, **extra}
 
 
-def chi_square_p_value(decoder, model, exact: np.ndarray, sampling: SamplingSettings = SAMPLING) -> float:
+def chi_square_p_value(decoder, model, exact: np.ndarray, sampling: SamplingSettings = SAMPLING,
+                       n_samples: int = N_SAMPLES) -> float:
     counts = np.zeros(len(exact))
-    for seed in range(N_SAMPLES):
+    for seed in range(n_samples):
         tokens = decoder.generate(model, LABEL, sampling, seed=seed, decode_image=False).tokens
         counts[sequence_index(tokens, model.info.vocab_size)] += 1
-    expected = exact * N_SAMPLES
+    expected = exact * n_samples
     big = expected >= 5
     observed = np.append(counts[big], counts[~big].sum())
     expected = np.append(expected[big], expected[~big].sum())
@@ -117,4 +119,21 @@ def test_lossless_decoder_matches_exact_distribution(model, exact, name, params,
 def test_goodness_of_fit_rejects_lossy_decoders(model, exact, decoder):
     torch.set_num_threads(1)
     p_value = chi_square_p_value(decoder, model, exact[SAMPLING])
+    assert p_value < ALPHA, f"the test failed to detect a lossy decoder (p = {p_value:.2e})"
+
+
+@pytest.fixture(scope="module")
+def rows_model():
+    """3 x 3 tokens, vocabulary 2 (512 sequences): rows that start on an incomplete row above exist."""
+    return random_tiny_model(vocab=2, grid=3, seed=1, logit_scale=1.5)
+
+
+@pytest.mark.parametrize("decoder", [make_decoder("zipar", local_window=1), make_decoder("pjd", window=3, row_start=1)],
+                         ids=["zipar-overlapping-rows", "pjd-overlapping-rows"])
+def test_goodness_of_fit_rejects_row_parallel_decoders(rows_model, decoder):
+    """Rows conditioned on an incomplete row above: far from the target (p ~ 1e-40 or less at 1200
+    draws), so 400 draws suffice."""
+    torch.set_num_threads(1)
+    exact = exact_sequence_distribution(rows_model, LABEL, SAMPLING).numpy()
+    p_value = chi_square_p_value(decoder, rows_model, exact, n_samples=400)
     assert p_value < ALPHA, f"the test failed to detect a lossy decoder (p = {p_value:.2e})"
