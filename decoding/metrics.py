@@ -15,12 +15,26 @@ of the generated set (the reference set is fixed), seeded.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 FD_NAME = "FD in SpecLens-classifier space"
+
+
+def blas_threads(n: int | None):
+    """A context limiting numpy's BLAS to n threads (threadpoolctl, installed with scikit-learn; a no-op
+    without it or with n None). On a shared, busy CPU, multi-threaded BLAS on these small matrices
+    spins for 10-100x longer than one thread takes."""
+    if n is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def _as_features(x, name: str) -> np.ndarray:

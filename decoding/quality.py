@@ -1,24 +1,54 @@
-"""Sample quality of a model under a decoder: class-consistency under the shipped classifier,
-token-selection ambiguity of the target, throughput, and a grid of samples per class.
+"""Sample quality of decoders as distributions, next to their speed, with an ar-vs-ar noise floor.
 
-    python -m decoding.quality --model fashion-mnist --decoder ar --per-class 20 --out runs/quality
+    python -m decoding.quality --model fashion-mnist --decoders ar,sjd,gsd:group_size=25,lantern \\
+        --samples 2000 --out runs/quality
+    torchrun --nproc_per_node 2 -m decoding.quality ...        # the same run on 2 processes / GPUs
 
-Class-consistency = share of samples the classifier assigns to the class they were generated
-for. Ambiguity = share of committed positions whose target top-1 probability is < 0.05.
+Every decoder (specs parsed as `decoding.benchmark` does) makes `--samples` images, classes
+balanced, seeds 0..N-1; `ar` always runs, and once more with seeds 10^6.. ("ar (other seeds)"): the
+noise floor, the same metrics between two independent ar sets of the same size. Generation is the
+resumable, rank-sharded runner of `decoding.sweep` (a killed run continues where it stopped).
+
+Reported per decoder, with bootstrap 95% intervals over the generated set (seeded):
+  step_compression   tokens / NFE (mean over images); speedup: ar's mean wall clock per image / the
+                     decoder's, measured in this run (the benchmark is the reference for speed)
+  fd                 FD in SpecLens-classifier space: Fréchet distance between Gaussians fitted to the
+                     shipped classifier's 128-d penultimate features of the samples and of the
+                     Fashion-MNIST test images (not Inception FID, not comparable to published FIDs);
+                     fd_vs_ar: the same between the decoder's samples and ar's
+  kid                unbiased MMD^2, cubic polynomial kernel, mean over subsets (Bińkowski et al. 2018)
+  precision, recall  Kynkäänniemi et al. 2019, k = 3; density, coverage: Naeem et al. 2020, k = 5
+                     (against as many test images as samples, one seeded subset for every decoder)
+  class_consistency  share of samples the classifier assigns to the requested class
+  position_tv, bigram_tv  token-level check against ar: mean over positions of the total variation
+                     between the token distributions (raster bigrams for bigram_tv); a lossless decoder
+                     should sit at the noise floor's value
+Features need the shipped classifier (fashion-mnist). For other models (LlamaGen) speed and token TV
+are reported, and Inception FID with --inception-fid REF.npz when `pytorch-fid` is installed.
+Files in --out: quality.json, quality.csv, frontier.png (step compression against FD), grids/*.png
+(samples per class) and units/ (one record per image, with its trace).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import re
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
-from decoding.registry import make_decoder
+from decoding import metrics, sweep
+from decoding.files import atomic_write_bytes, atomic_write_text, atomic_writer
+from decoding.registry import decoder_class
 from decoding.sampling import SamplingSettings
+from decoding.sweep import BASELINE, Arm
 from decoding.trace import Trace
+
+NOISE_FLOOR = "ar (other seeds)"
+FLOOR_SEED = 10**6
+MAX_SAMPLES = 100_000
 
 
 def ambiguity_stats(traces: list[Trace], threshold: float = 0.05) -> dict:
@@ -47,64 +77,252 @@ def sample_grid(images: list[np.ndarray], labels: list[int], class_names: tuple[
     return grid
 
 
-def evaluate(model, decoder_name: str, per_class: int, sampling: SamplingSettings, classifier=None,
-             first_seed: int = 0, **decoder_params) -> tuple[dict, list[np.ndarray], list[int], list[Trace]]:
-    decoder = make_decoder(decoder_name, **decoder_params)
-    images, labels, traces = [], [], []
-    t0 = time.perf_counter()
-    for i in range(per_class):
-        for c in range(model.info.num_classes):
-            result = decoder.generate(model, c, sampling, seed=first_seed + i * model.info.num_classes + c)
-            images.append(result.image)
-            labels.append(c)
-            traces.append(result.trace)
-    elapsed = time.perf_counter() - t0
-    decode_s = sum(t.decode_s for t in traces)
-    metrics = {"model": model.info.name, "decoder": decoder_name, "settings": {**decoder_params, **sampling.to_dict()},
-               "samples": len(images), "seconds": round(elapsed, 2),
-               "tokens_per_second": round(sum(t.num_tokens for t in traces) / decode_s, 1),
-               "mean_nfe": round(float(np.mean([t.nfe for t in traces])), 2),
-               "ambiguity": ambiguity_stats(traces)}
-    if classifier is not None:
-        predicted = classifier(np.stack(images))
-        hits = predicted == np.asarray(labels)
-        metrics["class_consistency"] = round(float(hits.mean()), 4)
-        metrics["class_consistency_per_class"] = {
-            model.info.class_names[c]: round(float(hits[np.asarray(labels) == c].mean()), 3)
-            for c in range(model.info.num_classes)}
-    return metrics, images, labels, traces
+# -- the arms -------------------------------------------------------------------------------------------------
+def quality_arms(specs: list[tuple[str, str, dict]]) -> list[Arm]:
+    """ar first (the baseline), the decoders in the given order (duplicates merged), the noise floor last."""
+    arms = [Arm(BASELINE, BASELINE)]
+    for label, name, params in specs:
+        decoder_class(name)  # unknown names fail here, before anything runs
+        if label != BASELINE and label not in [a.label for a in arms]:
+            arms.append(Arm(label, name, dict(params)))
+    return arms + [Arm(NOISE_FLOOR, BASELINE, {}, FLOOR_SEED)]
 
 
-def main(argv=None) -> None:
-    from models.classifier import load_classifier
-    from models.registry import ASSETS, load_model
+# -- evaluation -------------------------------------------------------------------------------------------------
+def reference_set(source: str = "auto") -> tuple[np.ndarray, str]:
+    """The Fashion-MNIST test images (10,000 from Debian's package, else the shipped 1,000)."""
+    from models.data import DEBIAN_DIR, load_fashion_mnist
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="fashion-mnist", help="registered model name")
-    ap.add_argument("--decoder", default="ar", help="registered decoder name")
-    ap.add_argument("--per-class", type=int, default=10, help="samples per class")
+    images, _ = load_fashion_mnist("test", source)
+    debian = source == "debian" or (source == "auto" and (DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").exists())
+    where = "debian" if debian else "subset"
+    return images, where
+
+
+def _interval_columns(row: dict) -> dict:
+    """('fd_ci': (lo, hi)) -> 'fd_lo', 'fd_hi' for the CSV and the printed table."""
+    out = {}
+    for k, v in row.items():
+        if k.endswith("_ci") and isinstance(v, (tuple, list)):
+            out[k[:-3] + "_lo"], out[k[:-3] + "_hi"] = round(v[0], 5), round(v[1], 5)
+        elif isinstance(v, float):
+            out[k] = round(v, 5)
+        else:
+            out[k] = v
+    return out
+
+
+def speed_columns(traces: list[Trace], ar_traces: list[Trace]) -> dict:
+    total = float(np.mean([t.total_s for t in traces]))
+    return {"step_compression": float(np.mean([t.step_compression for t in traces])),
+            "nfe": float(np.mean([t.nfe for t in traces])),
+            "ms_per_image": 1000 * total,
+            "speedup": float(np.mean([t.total_s for t in ar_traces])) / max(total, 1e-12),
+            "ambiguity": ambiguity_stats(traces)["share_top1_below"]}
+
+
+def evaluate_arms(arms: list[Arm], traces: dict[str, list[Trace]], vocab_size: int, decode=None, classifier=None,
+                  reference: np.ndarray | None = None, resamples: int = 200, seed: int = 0) -> list[dict]:
+    """One row per arm. decode: tokens [N] -> uint8 image (needed with a classifier); classifier: with
+    `.features(images)` and `.predict(images)`; reference: uint8 reference images. Without a classifier
+    the feature metrics are left out."""
+    ar = traces[BASELINE]
+    ar_tokens = np.array([t.tokens for t in ar])
+    ref = None
+    if classifier is not None and reference is not None:
+        ref = classifier.features(reference)
+    features: dict[str, np.ndarray] = {}
+    rows = []
+    for arm in arms:
+        ts = traces[arm.label]
+        row = {"decoder": arm.label, "lossless": bool(decoder_class(arm.decoder).lossless), "samples": len(ts),
+               **speed_columns(ts, ar)}
+        if arm.label != BASELINE:
+            row.update(metrics.token_tv(ar_tokens, np.array([t.tokens for t in ts]), vocab_size))
+        if ref is not None:
+            images = np.stack([decode(t.tokens) for t in ts])
+            features[arm.label] = classifier.features(images)
+            hits = classifier.predict(images) == np.array([t.label for t in ts])
+            subset = np.random.default_rng(seed).choice(len(ref), min(len(ts), len(ref)), replace=False)
+            row.update(metrics.distribution_metrics(ref, features[arm.label], hits, resamples, seed,
+                                                    prdc_real=ref[np.sort(subset)]))
+            if arm.label != BASELINE:
+                row["fd_vs_ar"] = metrics.frechet_distance(features[BASELINE], features[arm.label])
+        rows.append(row)
+    return rows
+
+
+def frontier_points(rows: list[dict]) -> tuple[list[dict], tuple[float, float] | None]:
+    points = [{"name": r["decoder"], "x": r["step_compression"], "y": r["fd"], "y_lo": r["fd_ci"][0],
+               "y_hi": r["fd_ci"][1]} for r in rows if r["decoder"] != NOISE_FLOOR and "fd" in r]
+    floor = next((tuple(r["fd_ci"]) for r in rows if r["decoder"] == NOISE_FLOOR and "fd_ci" in r), None)
+    return points, floor
+
+
+# -- Inception FID (optional) ------------------------------------------------------------------------------------
+def inception_fid_status() -> str | None:
+    """None when pytorch-fid can be imported, else what is missing."""
+    try:
+        import pytorch_fid  # noqa: F401
+    except ImportError:
+        return ("Inception FID needs the pytorch-fid package (pip install pytorch-fid==0.3.0; its InceptionV3 "
+                "weights, ~100 MB, are downloaded by pytorch-fid on first use) and reference statistics "
+                "(an .npz with mu and sigma, e.g. from `python -m pytorch_fid --save-stats`)")
+    return None
+
+
+def inception_fid(images: np.ndarray, reference_npz: str | Path, device: str = "cpu", batch: int = 50) -> float:
+    """FID (Heusel et al. 2017) of uint8 images [N, H, W, 3] against mu/sigma in `reference_npz`, with
+    pytorch-fid's InceptionV3 pool features (2048-d)."""
+    from pytorch_fid.inception import InceptionV3
+
+    with np.load(reference_npz) as z:
+        if "mu" not in z or "sigma" not in z:
+            raise ValueError(f"{reference_npz}: expected arrays 'mu' and 'sigma', found {sorted(z.files)}")
+        mu, sigma = z["mu"], z["sigma"]
+    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+    feats = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float().div(255).to(device)
+            feats.append(net(x)[0].squeeze(-1).squeeze(-1).cpu().numpy())
+    f = np.concatenate(feats).astype(np.float64)
+    return metrics.frechet_from_stats(f.mean(0), np.cov(f, rowvar=False), mu, sigma)
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from decoding.benchmark import DEFAULT_DECODERS
+
+    ap = argparse.ArgumentParser(prog="python -m decoding.quality", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="fashion-mnist", help="registered model name (default fashion-mnist)")
+    ap.add_argument("--decoders", action="append", default=None, metavar="SPEC",
+                    help=f"decoder specs as for decoding.benchmark, repeatable (default {DEFAULT_DECODERS})")
+    ap.add_argument("--decoder", default=None, help="one decoder (the same as --decoders NAME)")
+    ap.add_argument("--samples", type=int, default=None, help=f"images per decoder, 2..{MAX_SAMPLES} (default 200)")
+    ap.add_argument("--per-class", type=int, default=None, help="images per class (instead of --samples)")
     ap.add_argument("--cfg-scale", type=float, default=4.0)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--classifier", default=str(ASSETS / "fashion_mnist_classifier.pt"))
-    ap.add_argument("--grid-rows", type=int, default=8, help="samples per class in the PNG grid")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="runs/quality", help="folder for metrics.json and samples.png")
-    a = ap.parse_args(argv)
-    import torch
+    ap.add_argument("--classifier", default="auto", help="'auto' (the shipped one for fashion-mnist), 'none' or a path")
+    ap.add_argument("--reference", default="auto", choices=["auto", "debian", "subset"],
+                    help="Fashion-MNIST test images: Debian's 10,000 (auto when installed) or the shipped 1,000")
+    ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval (default 200)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the reference subsets")
+    ap.add_argument("--inception-fid", metavar="REF.npz", default=None,
+                    help="also Inception FID against these reference statistics (needs pytorch-fid)")
+    ap.add_argument("--grid-rows", type=int, default=8, help="samples per class in each grids/*.png")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed generations per decoder first (default 1)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (this rank's GPU when there is one)")
+    ap.add_argument("--threads", type=int, default=None, help="torch (and metrics' BLAS) CPU threads per rank")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--out", default="runs/quality", help="output folder; a run there is resumed")
+    return ap
 
-    torch.set_num_threads(a.threads)
-    model = load_model(a.model)
+
+def sample_count(a, num_classes: int, ap: argparse.ArgumentParser) -> int:
+    if a.samples is not None and a.per_class is not None:
+        ap.error("give --samples or --per-class, not both")
+    n = a.per_class * num_classes if a.per_class is not None else (a.samples if a.samples is not None else 200)
+    if not 2 <= n <= MAX_SAMPLES:
+        ap.error(f"samples per decoder must be in [2, {MAX_SAMPLES}], got {n}")
+    return n
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    from decoding.benchmark import DEFAULT_DECODERS, parse_decoder_specs
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if a.bootstrap < 2:
+        ap.error(f"--bootstrap must be >= 2, got {a.bootstrap}")
+    specs = parse_decoder_specs(([a.decoder] if a.decoder else []) + (a.decoders or ([] if a.decoder else
+                                                                                     [DEFAULT_DECODERS])))
+    model = sweep.load_run_model(a.model, a.device, a.threads)
+    n = sample_count(a, model.info.num_classes, ap)
     sampling = SamplingSettings(a.cfg_scale, a.temperature, a.top_k, a.top_p)
-    clf = load_classifier(a.classifier) if a.classifier and Path(a.classifier).exists() else None
-    make_decoder(a.decoder).generate(model, 0, sampling, seed=10**6)  # warm-up, not measured
-    metrics, images, labels, _ = evaluate(model, a.decoder, a.per_class, sampling, clf)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    sample_grid(images, labels, model.info.class_names, min(a.grid_rows, a.per_class)).save(out / "samples.png")
-    print(json.dumps(metrics, indent=2))
+    arms = quality_arms(specs)
+    rank, world = sweep.rank_and_world()
+    bar = None if a.no_progress else sweep.ProgressBar(f"rank {rank}/{world} " if world > 1 else "")
+    units = sweep.plan_units(arms, n, list(range(model.info.num_classes)))
+    records = sweep.run_units(model, units, sampling, a.out, bar, warmup=a.warmup)
+    if not records:
+        return None
+    traces: dict[str, list[Trace]] = {arm.label: [] for arm in arms}
+    for record in records:
+        traces[record["arm"]].append(sweep.record_trace(record))
+    classifier = sweep.classifier_option(a.classifier, model)
+    notes = []
+    if classifier is None:
+        notes.append(f"no classifier for model {a.model!r}: FD, KID, precision/recall, density/coverage and "
+                     "class-consistency are left out (the shipped classifier scores 28x28 Fashion-MNIST images)")
+    reference, where = reference_set(a.reference) if classifier is not None else (None, None)
+    decode = (lambda tokens: model.decode_tokens(torch.tensor(tokens)))  # noqa: E731
+    with metrics.blas_threads(a.threads):
+        rows = evaluate_arms(arms, traces, model.info.vocab_size, decode, classifier, reference, a.bootstrap, a.seed)
+    report = {"model": a.model, "sampling": sampling.to_dict(), "samples_per_decoder": n,
+              "decoders": {arm.label: arm.setting() for arm in arms}, "noise_floor": NOISE_FLOOR,
+              "noise_floor_seeds": f"{FLOOR_SEED}..{FLOOR_SEED + n - 1}",
+              "reference": None if reference is None else {"source": where, "images": len(reference)},
+              "fd_name": metrics.FD_NAME, "bootstrap_resamples": a.bootstrap, "rows": rows, "notes": notes}
+    add_inception_fid(a, model, arms, traces, report)
+    write_quality_outputs(Path(a.out), report, model, traces, a.grid_rows)
+    print(format_rows(rows))
+    for note in report["notes"]:
+        print(f"\nnote: {note}")
+    print(f"\nsaved to {Path(a.out)}: quality.json, quality.csv" + (", frontier.png" if "fd" in rows[0] else ""))
+    return report
+
+
+def add_inception_fid(a, model, arms: list[Arm], traces: dict[str, list[Trace]], report: dict) -> None:
+    if not a.inception_fid:
+        if a.model.startswith("llamagen"):
+            report["notes"].append("Inception FID: not requested (--inception-fid REF.npz; " +
+                                   (inception_fid_status() or "pytorch-fid is installed") + ")")
+        return
+    missing = inception_fid_status()
+    if missing:
+        report["notes"].append(f"Inception FID skipped: {missing}")
+        return
+    for row, arm in zip(report["rows"], arms):
+        images = np.stack([model.decode_tokens(torch.tensor(t.tokens)) for t in traces[arm.label]])
+        row["inception_fid"] = inception_fid(images, a.inception_fid, str(model.device))
+
+
+def write_quality_outputs(out: Path, report: dict, model, traces: dict[str, list[Trace]], grid_rows: int) -> None:
+    from analysis import sweeps
+
+    rows = report["rows"]
+    atomic_write_text(out / "quality.json", json.dumps(report, indent=1))
+    sweep.write_csv(out / "quality.csv", [_interval_columns(r) for r in rows])
+    points, floor = frontier_points(rows)
+    if points:
+        png = sweeps.frontier_png(points, metrics.FD_NAME, f"{report['model']}: speed against quality, "
+                                  f"{report['samples_per_decoder']} samples per decoder", floor=floor)
+        atomic_write_bytes(out / "frontier.png", png)
+    for label, ts in traces.items():
+        if ts and ts[0].grid_shape[0] * 2 <= 64:  # small images only (the bundled model); LlamaGen grids are large
+            images = [model.decode_tokens(torch.tensor(t.tokens)) for t in ts]
+            grid = sample_grid(images, [t.label for t in ts], model.info.class_names, grid_rows)
+            name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+            with atomic_writer(out / "grids" / f"{name}.png", "wb") as f:
+                grid.save(f, format="PNG")
+
+
+def format_rows(rows: list[dict]) -> str:
+    cols = ["decoder", "samples", "step_compression", "speedup", "fd", "fd_lo", "fd_hi", "fd_vs_ar", "kid",
+            "precision", "recall", "density", "coverage", "class_consistency", "position_tv", "bigram_tv"]
+    flat = [_interval_columns(r) for r in rows]
+    cols = [c for c in cols if any(c in r for r in flat)]
+
+    def cell(v) -> str:
+        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    cells = [[cell(r.get(c)) for c in cols] for r in flat]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    return "\n".join(["  ".join(c.ljust(w) for c, w in zip(cols, widths))] +
+                     ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells])
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class FashionClassifier(nn.Module):
 
 def images_to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, 28, 28] or [N, 28, 28, C] -> float [N, 1, 28, 28] in [0, 1] (channels averaged)."""
-    x = torch.as_tensor(np.asarray(images)).float() / 255.0
+    x = torch.tensor(np.asarray(images)).float() / 255.0  # a copy: decoded images may be read-only views
     if x.dim() == 4:
         x = x.mean(-1)
     if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28):

@@ -1,0 +1,110 @@
+"""decoding/quality.py: the arms, the evaluation (on images with known properties), the files, the command."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from decoding import metrics, quality
+from decoding.metrics import FD_NAME
+from decoding.trace import Trace
+from models.classifier import load_classifier
+from models.data import CLASS_NAMES, load_subset
+from models.registry import ASSETS
+
+
+def test_arms_put_ar_first_and_the_noise_floor_last():
+    specs = [("sjd", "sjd", {}), ("ar", "ar", {}), ("gsd:group_size=25", "gsd", {"group_size": 25}), ("sjd", "sjd", {})]
+    arms = quality.quality_arms(specs)
+    assert [a.label for a in arms] == ["ar", "sjd", "gsd:group_size=25", quality.NOISE_FLOOR]
+    assert arms[-1].decoder == "ar" and arms[-1].seed_base == quality.FLOOR_SEED and arms[0].seed_base == 0
+    with pytest.raises(ValueError, match="unknown decoder 'nope'"):
+        quality.quality_arms([("nope", "nope", {})])
+
+
+class PoolModel:
+    """Stands in for a model at evaluation time: token 0 of a sequence picks a test image; ids from
+    1000 on give that image inverted (a decoder that went badly wrong)."""
+
+    def __init__(self, pool: np.ndarray):
+        self.pool = pool
+        self.info = type("Info", (), {"class_names": CLASS_NAMES, "vocab_size": 2000})()
+
+    def decode_tokens(self, tokens) -> np.ndarray:
+        i = int(np.asarray(tokens).ravel()[0])
+        image = self.pool[i % 1000] if i < 1000 else 255 - self.pool[i % 1000]
+        return np.repeat(image[..., None], 3, axis=2)
+
+
+def pool_traces(ids: range, labels: np.ndarray, decoder: str, offset: int = 0, nfe: int = 2) -> list[Trace]:
+    out = []
+    for i in ids:
+        t = Trace("pool", decoder, {}, i, int(labels[i]), CLASS_NAMES[labels[i]], (1, 2), 2000,
+                  tokens=[i + offset, i % 7], commit_top1=[0.5, 0.01], commit_entropy=[1.0, 2.0],
+                  forward_s=0.01 * nfe, vq_decode_s=0.001)
+        t.steps = [None] * nfe  # only their number (NFE) is read here
+        out.append(t)
+    return out
+
+
+def test_evaluation_separates_a_broken_decoder_from_the_noise_floor(tmp_path):
+    pool, labels = load_subset("test")
+    model = PoolModel(pool)
+    arms = quality.quality_arms([("broken", "gsd", {})])
+    traces = {"ar": pool_traces(range(0, 120), labels, "ar"),
+              quality.NOISE_FLOOR: pool_traces(range(120, 240), labels, "ar"),
+              "broken": pool_traces(range(240, 360), labels, "gsd", offset=1000, nfe=1)}
+    clf = load_classifier(ASSETS / "fashion_mnist_classifier.pt")
+    with metrics.blas_threads(1):
+        rows = quality.evaluate_arms(arms, traces, 2000, lambda t: model.decode_tokens(t), clf, pool[400:], 40, 0)
+    ar, broken, floor = rows
+    assert [r["decoder"] for r in rows] == ["ar", "broken", quality.NOISE_FLOOR]
+    assert broken["fd_ci"][0] > 3 * floor["fd_ci"][1] and broken["fd_vs_ar"] > 3 * floor["fd_vs_ar"]
+    assert broken["kid"] > 10 * abs(floor["kid"]) and broken["precision"] < floor["precision"]
+    assert floor["class_consistency"] > 0.8 > 0.3 > broken["class_consistency"]
+    # token 0: ids 0-119 (ar) against 120-239 (floor) and 1240-1359 (broken)
+    assert broken["position_tv_max"] == pytest.approx(1.0) == floor["position_tv_max"]
+    assert broken["step_compression"] == 2.0 and broken["speedup"] > 1.5 and ar["speedup"] == 1.0
+    assert "position_tv" not in ar and broken["lossless"] is False and ar["lossless"] is True
+    report = {"model": "pool", "samples_per_decoder": 120, "rows": rows}
+    quality.write_quality_outputs(tmp_path, report, model, traces, grid_rows=2)
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "grids" / "ar_other_seeds_.png").exists()
+    csv_head = (tmp_path / "quality.csv").read_text().splitlines()[0].split(",")
+    assert {"fd", "fd_lo", "fd_hi", "kid_lo", "coverage_hi", "class_consistency_lo"} <= set(csv_head)
+    points, band = quality.frontier_points(rows)
+    assert [p["name"] for p in points] == ["ar", "broken"] and band == tuple(floor["fd_ci"])
+
+
+def test_the_command_writes_and_resumes_on_the_tiny_model(tmp_path, capsys):
+    args = ["--model", "tiny-fixture", "--decoders", "sjd:window=3", "--samples", "4", "--threads", "1",
+            "--warmup", "0", "--no-progress", "--out", str(tmp_path)]
+    report = quality.main(args)
+    assert [r["decoder"] for r in report["rows"]] == ["ar", "sjd:window=3", quality.NOISE_FLOOR]
+    assert all(r["samples"] == 4 for r in report["rows"]) and "fd" not in report["rows"][1]
+    assert any("no classifier" in n for n in report["notes"])
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    assert saved["rows"][1]["position_tv"] == report["rows"][1]["position_tv"] and saved["fd_name"] == FD_NAME
+    lines = (tmp_path / "units" / "rank-0.jsonl").read_text().count("\n")
+    assert lines == 12
+    again = quality.main(args)
+    assert (tmp_path / "units" / "rank-0.jsonl").read_text().count("\n") == 12  # nothing redone
+    assert [r["position_tv"] for r in again["rows"][1:]] == [r["position_tv"] for r in report["rows"][1:]]
+    assert "sjd:window=3" in capsys.readouterr().out
+
+
+def test_inception_fid_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytorch_fid", None)  # import fails as if not installed
+    assert "pip install pytorch-fid" in quality.inception_fid_status()
+    report = quality.main(["--model", "tiny-fixture", "--decoders", "ar", "--samples", "2", "--warmup", "0",
+                           "--no-progress", "--inception-fid", str(tmp_path / "ref.npz"), "--out", str(tmp_path)])
+    assert any(n.startswith("Inception FID skipped: Inception FID needs the pytorch-fid") for n in report["notes"])
+
+
+def test_bad_counts_are_refused_with_the_range(tmp_path):
+    with pytest.raises(SystemExit):
+        quality.main(["--model", "tiny-fixture", "--samples", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        quality.main(["--model", "tiny-fixture", "--samples", "4", "--per-class", "2", "--out", str(tmp_path)])
