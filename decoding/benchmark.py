@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from decoding.files import atomic_write_text, atomic_writer
 from decoding.registry import DECODERS, make_decoder
 from decoding.sampling import SamplingSettings
 from decoding.trace import Trace
@@ -342,16 +343,18 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def write_outputs(out: Path, report: dict, traces: dict[str, list[Trace]] | None) -> None:
+    """Every file written to a temporary name and renamed (decoding/files.py): an interrupted run
+    leaves the previous outputs whole."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(out / "benchmark.json", json.dumps(report, indent=1))
     for name, rows in (("benchmark.csv", report["summary"]), ("runs.csv", report["runs"])):
         keys = list(dict.fromkeys(k for row in rows for k in row))
-        with open(out / name, "w", newline="") as f:
+        with atomic_writer(out / name, "w") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
     if traces is not None:
-        with open(out / "traces.jsonl", "w") as f:
+        with atomic_writer(out / "traces.jsonl", "w") as f:
             for label, items in traces.items():
                 for trace in items:
                     f.write(json.dumps({"label": label, "trace": trace.to_dict()}) + "\n")
