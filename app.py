@@ -405,8 +405,7 @@ class Shared:
 
 
 def decoder_choice(name: str) -> tuple[str, str]:
-    cls = DECODERS[name]
-    return f"{name}{'' if cls.lossless else ' (lossy)'}: {getattr(cls, 'summary', '')}"[:90], name
+    return f"{name}{'' if DECODERS[name].lossless else ' (lossy)'}", name
 
 
 def sampling_controls(bounds: dict) -> list:
@@ -427,25 +426,30 @@ def plots(views) -> dict[str, gr.Plot]:
     return out
 
 
+def decoder_blurb(name: str) -> str:
+    cls = DECODERS[name]
+    paper = f"[{cls.paper}]({cls.paper_url})" if cls.paper_url else cls.paper
+    kind = "lossless" if cls.lossless else "lossy"
+    return f"<small>{cls.summary} ({kind}{'; ' + paper if paper else ''})</small>"
+
+
 def generate_tab(default_model: str, class_names: list[str], bounds: dict) -> Shared:
     default_decoder = "lantern" if "lantern" in DECODERS else next(iter(DECODERS))
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            model_dd = gr.Dropdown(list(available()), value=default_model, label="model",
-                                   info="models available on this server")
+            model_dd = gr.Dropdown(list(available()), value=default_model, label="model")
             with gr.Row():
                 class_dd = gr.Dropdown(class_choices(class_names), value=class_choices(class_names)[0], label="class",
                                        scale=3)
                 seed_nb = gr.Number(0, label="seed", precision=0, minimum=0, maximum=limits.MAX_SEED, scale=1)
-            decoder_dd = gr.Dropdown([decoder_choice(n) for n in DECODERS], value=default_decoder, label="decoder",
-                                     info="the About tab says what each one does")
+            decoder_dd = gr.Dropdown([decoder_choice(n) for n in DECODERS], value=default_decoder, label="decoder")
+            blurb = gr.Markdown(decoder_blurb(default_decoder))
             with gr.Row():
                 go_btn = gr.Button("Generate", variant="primary", scale=3)
-                dice = gr.Button("🎲 new seed", size="sm", scale=1)
+                dice = gr.Button("random seed", size="sm", scale=1)
             panels = [decoder_panel(n, n == default_decoder, bounds) for n in DECODERS]
             sampling = sampling_controls(bounds)
-            settings_tb = gr.Textbox(visible=False)
-            settings_all = gr.Textbox(visible=False)
+            settings_tb, settings_all = gr.Textbox(visible=False), gr.Textbox(visible=False)
             with gr.Accordion("view a trace file from the command line", open=False):
                 upload = gr.File(label="trace JSON", file_types=[".json"], type="filepath")
         with gr.Column(scale=3):
@@ -453,34 +457,34 @@ def generate_tab(default_model: str, class_names: list[str], bounds: dict) -> Sh
                 image_out = gr.Image(label="generated image (click a token to pick it)", format="png", type="numpy",
                                      height=280, width=280, interactive=False, buttons=["download"], scale=1)
                 with gr.Column(scale=2):
-                    view_radio = gr.Radio([(heatmaps.VIEWS[v], v) for v in heatmaps.VIEWS if v != "kind"],
+                    view_dd = gr.Dropdown([(heatmaps.VIEWS[v], v) for v in heatmaps.VIEWS if v != "kind"],
                                           value="step", label="second map")
                     overlay_cb = gr.Checkbox(False, label="draw the maps over the image")
-                    card = gr.Markdown("Press **Generate**: the image, its numbers and the maps appear here.")
-            figures = plots(TRACE_VIEWS)
+                    picked_md = gr.Markdown("Press **Generate**, then click a token on the image to pick it for the "
+                                            "Codebook tab.")
+                    trace_file = gr.File(label="trace (JSON)", interactive=False, height=90)
+            figures = plots(TRACE_VIEWS[:1])
             caption = gr.Markdown(view_caption("step"))
-            with gr.Row():
-                trace_file = gr.File(label="trace (JSON)", interactive=False)
-                with gr.Column():
-                    picked_md = gr.Markdown()
-                    png_btn = gr.Button("summary PNG (matplotlib)", size="sm")
-                    png_file = gr.File(label="summary PNG", interactive=False)
+            card = gr.Markdown()
+            figures |= plots(TRACE_VIEWS[1:])
+            with gr.Accordion("static export", open=False):
+                png_btn = gr.Button("summary PNG (matplotlib)", size="sm")
+                png_file = gr.File(label="summary PNG", interactive=False, height=90)
     shared = Shared(model_dd, class_dd, image_out, picked_md, panels, sampling, settings_all)
     views_out = [figures[v.name] for v in TRACE_VIEWS]
-    decoder_dd.change(lambda d: [gr.update(visible=p.decoder == d) for p in panels], decoder_dd,
-                      [p.column for p in panels], queue=False, api_visibility="private")
+    decoder_dd.change(lambda d: [decoder_blurb(d), *[gr.update(visible=p.decoder == d) for p in panels]], decoder_dd,
+                      [blurb, *[p.column for p in panels]], queue=False, api_visibility="private")
     dice.click(lambda: random.randrange(limits.MAX_SEED), None, seed_nb, queue=False, api_visibility="private")
     go_btn.click(settings_of_selected(panels), [decoder_dd, *shared.panel_widgets], settings_tb, queue=False,
                  api_visibility="private").then(
-        generate, [model_dd, decoder_dd, settings_tb, class_dd, seed_nb, *sampling, view_radio, overlay_cb],
+        generate, [model_dd, decoder_dd, settings_tb, class_dd, seed_nb, *sampling, view_dd, overlay_cb],
         [image_out, card, trace_file, *views_out], api_name="generate", concurrency_id="model",
         concurrency_limit=limits.MODEL_WORKERS)
-    view_radio.change(view_caption, view_radio, caption, queue=False, api_visibility="private")
-    for w in (view_radio, overlay_cb):
-        w.change(redraw, [view_radio, overlay_cb], figures[TRACE_VIEWS[0].name], api_visibility="private")
-    upload.upload(load_trace_file, [upload, view_radio, overlay_cb], [image_out, card, *views_out],
-                  api_name="view_trace", concurrency_id="model",
-                  concurrency_limit=limits.MODEL_WORKERS)
+    view_dd.change(view_caption, view_dd, caption, queue=False, api_visibility="private")
+    for w in (view_dd, overlay_cb):
+        w.change(redraw, [view_dd, overlay_cb], figures[TRACE_VIEWS[0].name], api_visibility="private")
+    upload.upload(load_trace_file, [upload, view_dd, overlay_cb], [image_out, card, *views_out],
+                  api_name="view_trace", concurrency_id="model", concurrency_limit=limits.MODEL_WORKERS)
     png_btn.click(summary_png, None, png_file, api_name="summary_png")
     return shared
 
@@ -502,8 +506,10 @@ def compare_tab(shared: Shared, class_names: list[str]):
         seeds = gr.Slider(1, limits.MAX_COMPARE_SEEDS, value=1, step=1, label="seeds", scale=1)
         button = gr.Button("Compare", variant="primary", scale=1)
     figures = plots(COMPARE_VIEWS)
-    table = gr.Dataframe(label="first seed: numbers and the settings each decoder used", interactive=False, wrap=True)
-    summary = gr.Dataframe(label="over the seeds: mean and 95% interval", interactive=False, wrap=True)
+    table = gr.Dataframe(placeholder("press Compare"), label="first seed: numbers and the settings each decoder used",
+                         interactive=False, wrap=True)
+    summary = gr.Dataframe(placeholder("press Compare"), label="over the seeds: mean and 95% interval",
+                           interactive=False, wrap=True)
     shared.fill_settings(button.click).then(
         run_compare, [shared.model, decoders, shared.settings_all, class_dd, seed_nb, seeds, *shared.sampling],
         [*[figures[v.name] for v in COMPARE_VIEWS], table, summary], api_name="compare", concurrency_id="model",
@@ -550,9 +556,9 @@ def sweep_tab(shared: Shared):
         values = gr.Textbox("0, 0.05, 0.1, 0.2", label="values (comma-separated; repeats merged)")
         images = gr.Slider(1, 20, value=5, step=1, label="images per setting")
         button = gr.Button("Run sweep", variant="primary", scale=0)
-    table = gr.Dataframe(label="per setting (images = samples per row; speedup = ar's decode time / this row's)",
-                         interactive=False, wrap=True)
-    downloads = gr.File(label="table (CSV) and traces (JSONL)", file_count="multiple", interactive=False)
+    table = gr.Dataframe(placeholder("press Run sweep"), interactive=False, wrap=True,
+                         label="per setting (images = samples per row; speedup = ar's decode time / this row's)")
+    downloads = gr.File(label="table (CSV) and traces (JSONL)", file_count="multiple", interactive=False, height=90)
     curves, quality = gr.Plot(label="curves"), gr.Plot(label="speed and quality")
     gr.Markdown(f"<small>\n\n{define('acceptance_rate', 'step_compression', 'class_consistency')}\n\n</small>")
     decoder.change(lambda d: gr.update(choices=parse.sweepable(d), value=(parse.sweepable(d) or [None])[0]), decoder,
@@ -560,6 +566,11 @@ def sweep_tab(shared: Shared):
     shared.fill_settings(button.click).then(
         run_sweep_ui, [shared.model, decoder, parameter, values, images, shared.settings_all, *shared.sampling],
         [table, curves, quality, downloads], api_name="sweep", concurrency_id="sweep", concurrency_limit=1)
+
+
+def placeholder(action: str) -> pd.DataFrame:
+    """An empty table that says what fills it (Gradio shows '1 2 3' headers otherwise)."""
+    return pd.DataFrame({f"{action} to fill this table": []})
 
 
 def about_text() -> str:
@@ -572,8 +583,8 @@ def about_text() -> str:
             "\n**Lossless** means the decoder samples from exactly the distribution plain AR sampling would, with the "
             "same model and sampling settings. It does *not* mean the same image for the same seed: the decoders use "
             "their random numbers differently, so one seed gives different (equally likely) images; at temperature 0 "
-            "(greedy) every decoder gives the same tokens. Lossy decoders (LANTERN, GSD) trade a bounded change of the "
-            "distribution for fewer forward passes.\n\n"
+            "(greedy) a lossless decoder gives exactly AR's tokens. Lossy decoders (*no* in the table) trade a "
+            "change of the distribution (bounded, for LANTERN) for fewer forward passes.\n\n"
             "**Definitions** (the same everywhere in the app, the traces and the benchmark):\n"
             + define("forward_pass", "nfe", "step_compression", "mean_accepted_length", "mean_accepted_drafts",
                      "acceptance_rate", "commit_kind", "wall_time", "class_consistency") +
