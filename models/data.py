@@ -16,8 +16,16 @@ _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 
+def _read_gzip(path: Path) -> bytes:
+    try:
+        with gzip.open(path) as f:
+            return f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable gzip file (truncated or corrupt?): {e}") from e
+
+
 def read_idx_images(path: Path) -> np.ndarray:
-    raw = gzip.open(path).read()
+    raw = _read_gzip(path)
     if len(raw) < 16 or int.from_bytes(raw[:4], "big") != 2051:
         raise ValueError(f"{path}: not an IDX image file (bad magic number)")
     n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
@@ -27,7 +35,7 @@ def read_idx_images(path: Path) -> np.ndarray:
 
 
 def read_idx_labels(path: Path) -> np.ndarray:
-    raw = gzip.open(path).read()
+    raw = _read_gzip(path)
     if len(raw) < 8 or int.from_bytes(raw[:4], "big") != 2049:
         raise ValueError(f"{path}: not an IDX label file (bad magic number)")
     n = int.from_bytes(raw[4:8], "big")

@@ -189,7 +189,13 @@ def _load(name: str, device: str = "cpu", allow_download: bool | None = None) ->
 
 _cached_load = lru_cache(maxsize=2)(_load)
 _FAILURES: dict[tuple, Exception] = {}
-_LOCK = threading.Lock()  # one load at a time: two requests for a multi-GB model load it once
+_LOCKS: dict[str, threading.Lock] = {}  # one per model: two requests for a multi-GB model load it once,
+_GUARD = threading.Lock()  # while a download of one model does not hold up requests for another
+
+
+def _lock(name: str) -> threading.Lock:
+    with _GUARD:
+        return _LOCKS.setdefault(name, threading.Lock())
 
 
 def load_model(name: str = DEFAULT_MODEL, device: str = "cpu", allow_download: bool | None = None) -> ARImageModel:
@@ -200,7 +206,7 @@ def load_model(name: str = DEFAULT_MODEL, device: str = "cpu", allow_download: b
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
     allow = allow_download_setting() if allow_download is None else allow_download
     key = (name, device, allow, str(weights_dir()))
-    with _LOCK:
+    with _lock(name):
         if key in _FAILURES:
             raise _FAILURES[key].with_traceback(None)
         try:
@@ -216,7 +222,7 @@ load_model.cache_clear = _cached_load.cache_clear
 
 def forget_failures() -> None:
     """Let models that failed to load be tried again (after the host placed their files)."""
-    with _LOCK:
+    with _GUARD:
         _FAILURES.clear()
 
 

@@ -38,6 +38,9 @@ def test_idx_reader_rejects_truncated_and_foreign_files(tmp_path):
         f.write(bytes(100))
     with pytest.raises(ValueError, match="magic"):
         data.read_idx_images(tmp_path / "other.gz")
+    (tmp_path / "plain.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match=r"plain\.gz: not a readable gzip file"):
+        data.read_idx_labels(tmp_path / "plain.gz")
     with pytest.raises(ValueError, match="split"):
         data.load_fashion_mnist("val")
 
