@@ -141,7 +141,8 @@ class ARImageModel:
         positions[i]. slots [K]: where each node's K/V is written (default `positions`); slots N..N+S-1
         are the scratch area (S = `scratch_slots`); a slot < N must be the node's own position.
         Returns guided logits [K, V] (row i targets position positions[i] + 1), or with `return_hidden`
-        (logits, hidden [B, K, dim]): the final-norm'd states fed to the head, B = 2 with CFG (cond first).
+        (logits, hidden [B, K, dim]): the final-norm'd states fed to the head, B = 2 with CFG (cond first);
+        like the logits they are inference-mode tensors (use them under torch.no_grad or inference_mode).
         """
         n, scratch = self.info.num_tokens, self._require_prefill("forward_nodes")
         tokens, positions, visible, slots = check_nodes(tokens, positions, visible, slots, n, scratch,
