@@ -91,9 +91,16 @@ def active_rows(trace: Trace) -> list[list[int]]:
 
 
 def is_multi_row(trace: Trace) -> bool:
-    """Some pass decoded several rows at once (ZipAR, PJD): its nodes hang from the committed prefix on
-    two or more rows (a raster window that wraps onto the next row has one root)."""
-    return any(len(nodes.root_rows) > 1 for nodes in all_pass_nodes(trace))
+    """Some pass decoded several rows at once (ZipAR, PJD): its nodes hang from the committed prefix on two
+    or more rows, or it committed tokens on several rows that are not one run of consecutive positions (a
+    raster window that wraps onto the next row is one run with one root)."""
+    w = trace.grid_shape[1]
+    for s, nodes in zip(trace.steps, all_pass_nodes(trace)):
+        committed = np.sort(np.asarray(s.committed_positions, dtype=np.int64))
+        several = len(set((committed // w).tolist())) > 1 and bool(np.any(np.diff(committed) != 1))
+        if len(nodes.root_rows) > 1 or several:
+            return True
+    return False
 
 
 def tree_layout(nodes: PassNodes) -> tuple[np.ndarray, np.ndarray]:

@@ -196,3 +196,12 @@ def test_drafter_agreement_counts_drafts_that_were_the_targets_top1(kinds):
     assert "no drafts" in drafter.drafter_figure([kinds["ar"]]).layout.annotations[0].text
     with pytest.raises(ValueError, match="different grids"):
         drafter.agreement_grid([t, synthetic_trace((4, 4), 32)])
+
+
+def test_rows_decoded_without_drafts_are_seen_from_the_commits():
+    t = synthetic_rows_trace((4, 6), 32, window=0, lag=2, max_rows=2, seed=6)  # ZipAR: one sampled token per row
+    assert all(not s.positions for s in t.steps)
+    assert structure.is_multi_row(t) and not structure.is_tree(t)
+    assert max(len(r) for r in structure.active_rows(t)) == 2
+    wrapping = synthetic_trace((4, 4), 32, window=6, accept=1.0, seed=0)  # a window running onto the next row
+    assert not structure.is_multi_row(wrapping)
