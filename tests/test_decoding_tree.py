@@ -147,6 +147,19 @@ class WrongThenRightPAC(SJDPACDecoder):
         return cands, torch.nn.functional.one_hot(cands, vocab).float()
 
 
+class ChainOraclePAC(SJDPACDecoder):
+    """Greedy oracle: every draft the reference token (right) or another one (wrong), one-hot q, so no
+    siblings can be drawn (a one-hot q has no other support) and the tree is the main chain."""
+
+    reference: torch.Tensor = torch.empty(0)
+    right: bool = True
+
+    def _extend(self, pending, start, count, vocab, gen):
+        drafts = self.reference[start:start + count]
+        drafts = drafts if self.right else (drafts + 1) % vocab
+        return Pending(drafts, torch.nn.functional.one_hot(drafts, vocab).float(), torch.zeros(len(drafts), dtype=bool))
+
+
 @pytest.fixture(scope="module")
 def fixture_model():
     torch.set_num_threads(1)
@@ -180,6 +193,21 @@ def test_greedy_through_siblings_copies_their_cache(fixture_model, depth):
             on = [i for i, flag in enumerate(step.on_path) if flag]
             assert [step.positions[i] for i in on] == step.committed_positions[:levels]
             assert step.accepted == [i in on for i in range(len(step.positions))]  # candidate 0 tried, rejected
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_greedy_with_always_and_never_right_drafts(fixture_model, right):
+    ar, n = make_decoder("ar"), fixture_model.info.num_tokens
+    for sampling in GREEDY:
+        ref = ar.generate(fixture_model, 7, sampling, decode_image=False).tokens
+        decoder = ChainOraclePAC(window=16, tree_width=3, tree_depth=3)
+        decoder.reference, decoder.right = ref, right
+        trace = decoder.generate(fixture_model, 7, sampling, decode_image=False).trace
+        assert trace.tokens == ref.tolist()
+        if right:  # the main path: 16 - 13 chain nodes below the tree's 2 levels, all accepted, then a bonus
+            assert trace.nfe == 1 + -(-(n - 1) // (16 - 13 + 3)) and set(trace.commit_kind) == {"draft", "bonus"}
+        else:
+            assert trace.nfe == n and trace.commit_kind == ["bonus"] + ["resampled"] * (n - 1)
 
 
 # -- the trace -----------------------------------------------------------------------------------------
