@@ -43,7 +43,7 @@ def _grid_data(trace: Trace, states: np.ndarray, nodes: PassNodes, i: int, rows:
     rr, rc = np.divmod(np.asarray(rejected, dtype=int), w)  # a tree: crossed where no sibling was accepted
     data = [go.Heatmap(z=z), go.Scatter(x=vc, y=vr), go.Scatter(x=rc, y=rr)]
     if rows is not None:
-        data.append(go.Scatter(x=[w - 0.5 + 0.45] * len(rows), y=rows))
+        data.append(go.Scatter(x=[w - 0.5 + 0.25] * len(rows), y=rows))
     return data
 
 
@@ -101,11 +101,12 @@ def replay_figure(trace: Trace, image: np.ndarray | None = None, max_frames: int
     _slider(fig, frame_ids, start)
     square_axes(fig, trace.grid_shape, grid_col)
     if rows:  # room right of the grid for the row marks
-        fig.update_xaxes(range=[-0.5, trace.grid_shape[1] + 0.3], row=1, col=grid_col)
+        fig.update_xaxes(range=[-0.5, trace.grid_shape[1] - 0.04], row=1, col=grid_col)  # no tick at w
     if tree:
         depth = max((int(n.depths.max()) for n in passes if len(n.depths)), default=1)
         slots = max((int(tree_layout(n)[1].max()) for n in passes if len(n.depths)), default=0)
-        fig.update_xaxes(range=[-0.4, depth + 0.4], dtick=1, title_text="depth", row=1, col=grid_col + 1)
+        fig.update_xaxes(range=[-0.4, depth + 0.4], dtick=1 if depth <= 8 else (2 if depth <= 16 else 5),
+                         tickangle=0, title_text="depth (0 = committed prefix)", row=1, col=grid_col + 1)
         fig.update_yaxes(range=[slots + 0.5, -0.5], visible=False, row=1, col=grid_col + 1)
         axis = grid_col + 1  # a white card behind the tree (the grid panel's grey shows its cell gaps)
         fig.add_shape(type="rect", xref=f"x{axis} domain", yref=f"y{axis} domain", x0=0, x1=1, y0=0, y1=1,
@@ -140,7 +141,7 @@ def _style_grid(data: list, domain: tuple[float, float], rows: bool) -> None:
                    marker=dict(symbol="x-thin", size=12, color="#000000", line_width=2))
     if rows:
         data[3].update(mode="markers", name="row decoded in this pass", hoverinfo="skip",
-                       marker=dict(symbol="triangle-left", size=12, color="#D55E00"))
+                       marker=dict(symbol="triangle-left", size=10, color="#D55E00"))
 
 
 def _style_tree(data: list) -> None:

@@ -152,7 +152,8 @@ def rows_figure(trace: Trace) -> go.Figure:
     """Tokens committed per grid row (y) and forward pass (x); blank = the pass did not touch the row."""
     committed, verified = rows_per_pass(trace)
     z = np.where((committed > 0) | (verified > 0), committed, np.nan)
-    fig = go.Figure(go.Heatmap(z=z, customdata=verified, colorscale="Viridis", zmin=0, xgap=0, ygap=1,
+    top = max(1, int(committed.max(initial=0)))
+    fig = go.Figure(go.Heatmap(z=z, customdata=verified, colorscale="Viridis", zmin=0, zmax=top, xgap=0, ygap=1,
                                colorbar=dict(title=dict(text="tokens committed", side="right"), thickness=14),
                                hovertemplate="pass %{x}, row %{y}: %{z} committed, %{customdata} drafts "
                                              "verified<extra></extra>"))
