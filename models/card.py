@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.checkpoint import atomic_file
 from models.data import load_fashion_mnist, to_model_range
 from models.registry import build_vq
 
@@ -55,7 +56,8 @@ def plot_curves(logs: Path, out: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
     fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=110)
+    with atomic_file(out / "training_curves.png") as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 def main(argv=None) -> None:
@@ -71,7 +73,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     images, _ = load_fashion_mnist("test", a.source)
     report = reconstruction_report(build_vq(Path(a.vq)).eval(), images)
-    (out / "vq_reconstruction.json").write_text(json.dumps(report, indent=2))
+    with atomic_file(out / "vq_reconstruction.json") as f:
+        f.write(json.dumps(report, indent=2).encode())
     plot_curves(Path(a.logs), out)
     print(json.dumps(report, indent=2))
 

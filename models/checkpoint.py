@@ -22,7 +22,9 @@ import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
@@ -32,6 +34,7 @@ RUNTIME_KEY_PARTS = ("kv_cache.", "freqs_cis", "causal_mask")
 MAX_CHECKPOINT_BYTES = 16 * 2**30  # uncompressed, all entries: GPT-XXL in float32 is 5.6 GB
 MAX_PICKLE_BYTES = 16 * 2**20  # the pickled structure (not the tensors): ~100 KB for an official GPT
 MAX_COMPRESSION_RATIO = 10  # torch.save stores tensors uncompressed; weights deflate by ~1.1x
+MAX_ZIP_ENTRIES = 100_000  # one per tensor storage (~600 for GPT-XXL), counted before the directory is read
 
 
 class CheckpointError(ValueError):
@@ -43,6 +46,8 @@ def read_state_dict(path: str | Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> 
     path = Path(path)
     check_file(path)
     if path.suffix == ".safetensors":
+        if path.stat().st_size > max_bytes:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, more than the limit of {max_bytes} bytes")
         obj, meta = _read_safetensors(path)
     else:
         obj = load_torch_file(path, max_bytes)
@@ -67,14 +72,7 @@ def check_file(path: Path) -> None:
 
 def inspect_torch_file(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> None:
     """Refuse a `.pt` zip archive whose declared sizes are out of bounds, before anything is loaded."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise CheckpointError(
-            f"{path}: not a zip-format PyTorch checkpoint (truncated, corrupt, or the legacy pre-1.6 "
-            f"format: re-save it with torch.save): {e}"
-        ) from e
+    entries = _zip_entries(path)
     total = 0
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED and entry.file_size > MAX_COMPRESSION_RATIO * max(
@@ -91,6 +89,22 @@ def inspect_torch_file(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Non
         total += entry.file_size
     if total > max_bytes:
         raise CheckpointError(f"{path}: holds {total} bytes uncompressed, more than the limit of {max_bytes} bytes")
+
+
+def _zip_entries(path: Path) -> list[zipfile.ZipInfo]:
+    try:
+        with open(path, "rb") as f:
+            end = zipfile._EndRecData(f)  # the end record only: how many entries the directory declares
+        count = end[zipfile._ECD_ENTRIES_TOTAL] if end else 0
+        if count <= MAX_ZIP_ENTRIES:
+            with zipfile.ZipFile(path) as archive:
+                return archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(
+            f"{path}: not a zip-format PyTorch checkpoint (truncated, corrupt, or the legacy pre-1.6 "
+            f"format: re-save it with torch.save): {e}"
+        ) from e
+    raise CheckpointError(f"{path}: declares {count} zip entries, more than the limit of {MAX_ZIP_ENTRIES}")
 
 
 def load_torch_file(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> dict:
@@ -269,15 +283,16 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], path: str | Path) 
     module.load_state_dict(sd, strict=True)
 
 
-def atomic_torch_save(obj: dict, path: str | Path) -> None:
-    """`torch.save` to a temporary file beside `path`, synced, then renamed over it: a reader sees the old
-    file or the new one, never half of one."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """A binary file object on a temporary file beside `path`; on a clean exit it is synced and renamed
+    over `path` (a reader sees the old file or the new one, never half of one), else removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -285,6 +300,11 @@ def atomic_torch_save(obj: dict, path: str | Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_torch_save(obj: dict, path: str | Path) -> None:
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(path: str | Path, module: nn.Module, meta: dict | None = None, half: bool = False) -> None:

@@ -125,3 +125,27 @@ def test_vq_checkpoint_wrong_model_type():
     with pytest.raises(CheckpointError, match="missing key"):
         load_into(GPT(gpt_config("GPT-tiny", **TINY)), sd, "vq_tiny.pt")
     assert VQModel(VQConfig(codebook_size=64, encoder_ch_mult=[1, 1], decoder_ch_mult=[1, 1], z_channels=32, ch=32))
+
+
+def test_atomic_file_keeps_the_old_file_on_failure(tmp_path):
+    from models.checkpoint import atomic_file
+
+    target = tmp_path / "out.bin"
+    with atomic_file(target) as f:
+        f.write(b"first")
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_file(target) as f:
+        f.write(b"half of the sec")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_card_curves_written_from_logs(tmp_path):
+    import json
+
+    from models.card import plot_curves
+
+    (tmp_path / "gpt_log.jsonl").write_text("\n".join(
+        json.dumps({"step": s, "train_loss": 3.0 - s / 10, "val_loss": 3.1 - s / 10}) for s in range(1, 5)))
+    (tmp_path / "vq_log.jsonl").write_text(json.dumps({"step": 1, "val_mse01": 0.01}))
+    plot_curves(tmp_path, tmp_path)
+    assert (tmp_path / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models import download, environment, registry
+from models import checkpoint, download, environment, registry
 from models.checkpoint import CheckpointError, read_state_dict, save_checkpoint
 from models.environment import EnvironmentSettingError, read_environment
 from models.gpt import GPT, gpt_config
@@ -138,11 +138,17 @@ def test_hostile_checkpoints_cost_no_memory(hostile):
     assert report["extra_mb"] < 200, report
 
 
-def test_size_bounds_are_enforced_before_loading(tmp_path):
+def test_size_bounds_are_enforced_before_loading(tmp_path, monkeypatch):
     path = save_weights(tmp_path / "big.pt", {"w": torch.zeros(1000)})
     with pytest.raises(CheckpointError, match=r"big\.pt: holds \d+ bytes uncompressed, more than the limit of 2000"):
         read_state_dict(path, max_bytes=2000)
     assert read_state_dict(path)[0]["w"].shape == (1000,)
+    save_file({"w": torch.zeros(1000)}, str(tmp_path / "big.safetensors"))
+    with pytest.raises(CheckpointError, match=r"big\.safetensors: \d+ bytes, more than the limit of 2000"):
+        read_state_dict(tmp_path / "big.safetensors", max_bytes=2000)
+    monkeypatch.setattr(checkpoint, "MAX_ZIP_ENTRIES", 4)
+    with pytest.raises(CheckpointError, match=r"big\.pt: declares \d+ zip entries, more than the limit of 4"):
+        read_state_dict(path)
 
 
 @pytest.mark.parametrize("change, message", [
