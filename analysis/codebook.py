@@ -74,6 +74,9 @@ def source_tree() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+SHIPPED = source_tree() / "assets" / "projections"  # the bundled models' projections (read only)
+
+
 def default_cache_dir() -> Path:
     """A per-user cache folder for projections of models that ship none:
     `$XDG_CACHE_HOME/speclens/projections` (default `~/.cache/speclens/projections`)."""
@@ -108,7 +111,8 @@ def load_projection(path: Path, embeddings: np.ndarray) -> np.ndarray | None:
 class ProjectionStore:
     """Projections per (model, space, method), in memory and as `<model>_<space>_<method>.npz` files.
 
-    `shipped`: a read-only folder of projections that come with the code (the bundled models'). `cache_dir`:
+    `shipped`: a read-only folder of projections that come with the code (default: the bundled models',
+    `assets/projections` of the source tree; None: none). `cache_dir`:
     where projections computed here are written (a user cache dir: `default_cache_dir()`, a temp dir); None =
     memory only. Nothing is ever written inside the source tree: a `cache_dir` there is only read, as if
     shipped. A cache file that is truncated or corrupt is ignored and recomputed (then replaced atomically).
@@ -118,10 +122,10 @@ class ProjectionStore:
     """
 
     def __init__(self, cache_dir: str | Path | None = None, background: bool = True,
-                 shipped: str | Path | None = None):
+                 shipped: str | Path | None = SHIPPED):
         cache = Path(cache_dir).resolve() if cache_dir else None
         read_only = cache is not None and cache.is_relative_to(source_tree())
-        self.shipped = Path(shipped) if shipped else (cache if read_only else None)
+        self.shipped = cache if read_only else (Path(shipped) if shipped else None)
         self.directory = None if read_only else cache
         self.background = background  # False: never start UMAP (tests, machines without spare cores)
         self._memory: dict[tuple[str, str, str], tuple[str, np.ndarray]] = {}  # key -> (fingerprint, xy)

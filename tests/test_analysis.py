@@ -356,6 +356,8 @@ def test_projections_are_never_written_into_the_source_tree(tmp_path, monkeypatc
     written = cache.path("tiny-fixture", "vq", "umap")
     assert written.is_file() and not written.resolve().is_relative_to(repo)
     assert codebook.default_cache_dir().name == "projections"
+    assert codebook.ProjectionStore(tmp_path).shipped == shipped == codebook.SHIPPED  # the bundled ones by default
+    assert codebook.ProjectionStore(tmp_path, shipped=None).shipped is None
 
 
 def test_shipped_projections_are_read_before_the_cache(tmp_path):
