@@ -325,7 +325,7 @@ def no_hub(monkeypatch):
     return calls
 
 
-def test_available_models_lists_only_what_is_here(weights, monkeypatch):
+def test_available_models_lists_only_what_is_here(weights, no_hub, monkeypatch):
     assert registry.available_models(allow_download=False) == ["fashion-mnist"]
     hub = [n for n, s in registry.MODELS.items() if s.source == "hub"]
     assert registry.available_models(allow_download=True) == ["fashion-mnist", *hub]
@@ -336,6 +336,9 @@ def test_available_models_lists_only_what_is_here(weights, monkeypatch):
     monkeypatch.setattr(registry, "ASSETS", weights / "no-assets")
     assert registry.available_models(allow_download=False) == ["llamagen-c2i-B-256"]
     assert "tiny-fixture" not in registry.available_models(True) and "tiny-fixture" in registry.MODELS
+    assert read_environment({"SPECLENS_WEIGHTS_DIR": str(weights), "SPECLENS_ALLOW_DOWNLOAD": "1",
+                             "SPECLENS_MODEL": "llamagen-c2i-XL-384"}).model == "llamagen-c2i-XL-384"
+    assert no_hub == []  # listing and start-up checks never download
 
 
 def test_no_download_unless_allowed_and_failures_are_not_retried(weights, no_hub, monkeypatch):
@@ -347,6 +350,9 @@ def test_no_download_unless_allowed_and_failures_are_not_retried(weights, no_hub
                                                               r"python -m models\.download llamagen-c2i-L-384"):
             registry.load_model("llamagen-c2i-L-384")
     assert no_hub == [] and len(resolved) == 1  # refused once, then the remembered failure
+    with pytest.raises(registry.ModelUnavailable, match="SPECLENS_ALLOW_DOWNLOAD=1"):  # the benchmark's path
+        real_resolve(registry.MODELS["llamagen-c2i-B-256"], "c2i_B_256.pt")
+    assert no_hub == []
     monkeypatch.setenv("SPECLENS_ALLOW_DOWNLOAD", "1")
     with pytest.raises(registry.ModelUnavailable, match=r"downloading c2i_L_384\.pt .* failed \(OSError"):
         registry.load_model("llamagen-c2i-L-384")
