@@ -1,0 +1,261 @@
+"""Trained drafters for speculative decoding: an EAGLE drafter and Medusa heads, on a frozen LlamaGen GPT.
+
+EAGLE (Li et al., ICML 2024; LANTERN's LlamaGen drafter `jadohu/LANTERN` `models/drafters/cnets_llamagen.py`):
+the drafter node at image position i takes the target's last hidden state `h_{i-1}` (final-norm'd, the state
+whose head output predicted token i) and token `x_i` through the target's (frozen) embedding table, fuses them
+(`fc: 2*dim -> dim`, with bias), runs one Llama decoder layer (the LlamaGen block of `models/gpt.py`, without
+the input norm, as EAGLE's layer 0), and predicts `h_i`; the target's own (frozen) output head turns that
+into the draft distribution for token i+1. A draft node feeds its predicted state forward instead of
+`h_{i-1}`. RoPE: the target's 2-D table at the node's position. CFG: the drafter runs both halves
+([cond; uncond], each with its own half's hidden states), the caller guides `u + s (c - u)`.
+
+Differences from the official drafter, on purpose or by necessity:
+- The model interface's prefill returns no hidden state for the condition, so the drafter's sequence starts
+  at image position 1 (node 1 = (h_0, x_1)); training uses the same range.
+- Parameter names are SpecLens' LlamaGen names (`fc`, `layers.0.attention.wqkv`, `layers.0.attention.wo`,
+  `layers.0.feed_forward.w1/w2/w3`, `layers.0.ffn_norm`), not the HF Llama names of the official checkpoint
+  (`self_attn.q_proj/k_proj/v_proj/o_proj`, `mlp.gate/up/down_proj`, `post_attention_layernorm`); the
+  embedding and head are not stored (they are the target's).
+- The drafter's KV cache is position-addressed like the target's: one canonical row per image position and
+  scratch rows after them for tree nodes; EAGLE keeps a growing `stable_kv` plus a per-tree cache.
+
+Medusa (Cai et al., ICML 2024): head k (k = 1..n) maps the target's last hidden state `h_i` through a
+residual SiLU block and its own linear head (initialised from the target's) to token i+1+k.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.checkpoint import CheckpointError, check_state_dict, load_into, read_state_dict, save_checkpoint
+from models.gpt import GPT, Attention, FeedForward, GPTConfig, RMSNorm, linear
+
+DRAFTER_KINDS = ("eagle", "medusa")
+MAX_MEDUSA_HEADS = 8
+
+
+@dataclass(frozen=True)
+class DrafterConfig:
+    kind: str  # "eagle" | "medusa"
+    dim: int
+    n_head: int
+    vocab_size: int
+    block_size: int  # image tokens N of the target
+    n_heads: int = 0  # Medusa heads (0 for EAGLE)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DRAFTER_KINDS:
+            raise ValueError(f"drafter kind must be one of {DRAFTER_KINDS}, got {self.kind!r}")
+        if self.kind == "medusa" and not 1 <= self.n_heads <= MAX_MEDUSA_HEADS:
+            raise ValueError(f"Medusa n_heads must be in [1, {MAX_MEDUSA_HEADS}], got {self.n_heads}")
+        for name in ("dim", "n_head", "vocab_size", "block_size"):
+            if not isinstance(getattr(self, name), int) or not 1 <= getattr(self, name) <= 1 << 18:
+                raise ValueError(f"drafter config {name} must be an integer in [1, {1 << 18}], got "
+                                 f"{getattr(self, name)!r}")
+
+    @classmethod
+    def for_target(cls, gpt: GPT, kind: str, n_heads: int = 0) -> DrafterConfig:
+        c = gpt.config
+        return cls(kind, c.dim, c.n_head, c.vocab_size, c.block_size, n_heads if kind == "medusa" else 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _layer_config(cfg: DrafterConfig) -> GPTConfig:
+    return GPTConfig(dim=cfg.dim, n_head=cfg.n_head, vocab_size=cfg.vocab_size, block_size=cfg.block_size,
+                     resid_dropout_p=0.0, ffn_dropout_p=0.0, token_dropout_p=0.0)
+
+
+class DrafterLayer(nn.Module):
+    """EAGLE's layer 0: attention without an input norm, then the norm'd feed-forward, both residual."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x, freqs):  # training: causal over the whole sequence
+        h = x + self.attention(x, freqs)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def forward_inference(self, x, freqs, slots, mask):
+        h = x + self.attention.forward_inference(x, freqs, slots, mask)
+        return h + self.feed_forward.forward_inference(self.ffn_norm(h))
+
+
+class EagleDrafter(nn.Module):
+    """fc(embed(x_i), h_{i-1}) -> one decoder layer -> predicted h_i. Embedding, head and RoPE table are the
+    target's (`attach`), frozen and not part of this module's state."""
+
+    def __init__(self, cfg: DrafterConfig):
+        super().__init__()
+        self.config = cfg
+        self.fc = nn.Linear(2 * cfg.dim, cfg.dim, bias=True)
+        self.layers = nn.ModuleList([DrafterLayer(_layer_config(cfg))])
+        self._target: tuple[GPT] | None = None  # a tuple so the GPT is not registered as a submodule
+
+    def attach(self, gpt: GPT) -> EagleDrafter:
+        check_target(self.config, gpt)
+        self._target = (gpt,)
+        return self
+
+    @property
+    def target(self) -> GPT:
+        if self._target is None:
+            raise RuntimeError("attach(gpt) the drafter to its target before using it")
+        return self._target[0]
+
+    def fuse(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """hidden [B, L, dim], tokens [B, L] -> fused input [B, L, dim]."""
+        emb = F.embedding(tokens, self.target.tok_embeddings.weight).to(hidden.dtype)
+        return self.fc(torch.cat([emb, hidden], dim=-1))
+
+    def freqs(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE rows [L, Dh/2, 2] of image positions (the target's 2-D table)."""
+        gpt = self.target
+        return gpt.freqs_cis.to(positions.device)[positions + gpt.cls_token_num]
+
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor, start: int = 1) -> torch.Tensor:
+        """Teacher-forced training path: nodes at positions start..start+L-1, causal. -> predicted states."""
+        h = self.fuse(hidden, tokens)
+        freqs = self.freqs(torch.arange(start, start + tokens.shape[1], device=tokens.device))
+        for layer in self.layers:
+            h = layer(h, freqs)
+        return h
+
+    def head(self, states: torch.Tensor) -> torch.Tensor:
+        """Predicted states [..., dim] -> logits [..., V] through the target's frozen output head."""
+        return linear(states, self.target.output).float()
+
+    # -- position-addressed cache for drafting ------------------------------------------------------------
+    def setup_cache(self, batch: int, scratch: int) -> None:
+        """One cache row per image position 0..N-1 (row 0 unused), then `scratch` rows for tree nodes."""
+        att = self.layers[0].attention
+        w = self.fc.weight
+        shape = (batch, att.n_kv_head, self.config.block_size + scratch, att.head_dim)
+        att.cache = (torch.zeros(shape, dtype=w.dtype, device=w.device), torch.zeros(shape, dtype=w.dtype,
+                                                                                      device=w.device))
+
+    def forward_nodes(self, hidden: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
+                      slots: torch.Tensor, sees: torch.Tensor) -> torch.Tensor:
+        """Draft forward over K nodes. hidden [B, K, dim] (real or predicted h_{i-1}), tokens [K], positions
+        [K], slots [K] (rows written), sees bool [K, R] (rows each node attends to, its own included).
+        Returns the predicted states [B, K, dim]."""
+        if self.layers[0].attention.cache is None:
+            raise RuntimeError("call setup_cache(batch, scratch) before drafting")
+        b = hidden.shape[0]
+        h = self.fuse(hidden, tokens.view(1, -1).expand(b, -1))
+        end = int(sees.any(0).nonzero().max()) + 1
+        mask = torch.full((len(tokens), end), float("-inf"), dtype=h.dtype, device=h.device)
+        mask.masked_fill_(sees[:, :end].to(h.device), 0.0)
+        for layer in self.layers:
+            h = layer.forward_inference(h, self.freqs(positions), slots.to(h.device), mask)
+        return h
+
+
+class ResBlock(nn.Module):
+    """Medusa's residual block: x + SiLU(W x + b)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.silu(self.linear(x))
+
+
+class MedusaHeads(nn.Module):
+    """n heads; head k-1 maps h_i to logits for token i+1+k (k = 1..n)."""
+
+    def __init__(self, cfg: DrafterConfig):
+        super().__init__()
+        self.config = cfg
+        self.heads = nn.ModuleList(nn.Sequential(ResBlock(cfg.dim), nn.Linear(cfg.dim, cfg.vocab_size, bias=False))
+                                   for _ in range(cfg.n_heads))
+
+    def attach(self, gpt: GPT) -> MedusaHeads:
+        check_target(self.config, gpt)
+        return self
+
+    def init_from_target(self, gpt: GPT) -> None:
+        with torch.no_grad():
+            for head in self.heads:
+                head[1].weight.copy_(gpt.output.weight)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., dim] -> logits [n, ..., V]."""
+        return torch.stack([head(hidden) for head in self.heads]).float()
+
+
+def check_target(cfg: DrafterConfig, gpt: GPT) -> None:
+    c = gpt.config
+    if (cfg.dim, cfg.n_head, cfg.vocab_size, cfg.block_size) != (c.dim, c.n_head, c.vocab_size, c.block_size):
+        raise ValueError(f"drafter (dim {cfg.dim}, heads {cfg.n_head}, vocab {cfg.vocab_size}, tokens "
+                         f"{cfg.block_size}) does not fit the target (dim {c.dim}, heads {c.n_head}, vocab "
+                         f"{c.vocab_size}, tokens {c.block_size})")
+
+
+def build_drafter(cfg: DrafterConfig) -> EagleDrafter | MedusaHeads:
+    return EagleDrafter(cfg) if cfg.kind == "eagle" else MedusaHeads(cfg)
+
+
+def random_drafter(gpt: GPT, kind: str, seed: int = 0, n_heads: int = 3) -> EagleDrafter | MedusaHeads:
+    """An untrained drafter for the target (seeded): drafts are poor, verification must stay exact."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        drafter = build_drafter(DrafterConfig.for_target(gpt, kind, n_heads))
+        for p in drafter.parameters():
+            nn.init.normal_(p, std=0.05)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return drafter.eval().attach(gpt)
+
+
+def save_drafter(path: str | Path, drafter: EagleDrafter | MedusaHeads, meta: dict | None = None) -> None:
+    """The drafter's own weights in fp16 (embedding/head are the target's) plus its config."""
+    save_checkpoint(path, drafter, meta={"kind": "drafter", "config": drafter.config.to_dict(), **(meta or {})},
+                    half=True)
+
+
+def load_drafter(path: str | Path, gpt: GPT) -> EagleDrafter | MedusaHeads:
+    """A drafter checkpoint for the target `gpt`; every failure a CheckpointError naming the file."""
+    path = Path(path)
+    sd, meta = read_state_dict(path, max_bytes=64 * 2**20)
+    raw = meta.get("config")
+    if not isinstance(raw, dict) or set(raw) != set(DrafterConfig.__dataclass_fields__):
+        raise CheckpointError(f"{path}: no drafter config stored (expected keys "
+                              f"{sorted(DrafterConfig.__dataclass_fields__)})")
+    try:
+        cfg = DrafterConfig(**raw)
+        with torch.device("meta"):
+            skeleton = build_drafter(cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid drafter config: {e}") from e
+    check_state_dict(skeleton.state_dict(), sd, path)
+    drafter = build_drafter(cfg)
+    load_into(drafter, sd, path)
+    try:
+        return drafter.eval().attach(gpt)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+@torch.no_grad()
+def target_hidden(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced final-norm'd hidden states [B, N, dim] of the target: row i is the state after the
+    condition and tokens 0..i-1, the one whose head output predicts token i (inference: no dropout)."""
+    cond = gpt.cls_embedding(labels, train=False)[:, : gpt.cls_token_num]
+    h = torch.cat([cond, F.embedding(tokens[:, :-1], gpt.tok_embeddings.weight)], dim=1)
+    freqs = gpt.freqs_cis.to(h.device)[: h.shape[1]]
+    for layer in gpt.layers:
+        h = h + layer.attention(layer.attention_norm(h), freqs)
+        h = h + layer.feed_forward(layer.ffn_norm(h))
+    return gpt.norm(h)[:, gpt.cls_token_num - 1:]
