@@ -205,3 +205,16 @@ def test_rows_decoded_without_drafts_are_seen_from_the_commits():
     assert max(len(r) for r in structure.active_rows(t)) == 2
     wrapping = synthetic_trace((4, 4), 32, window=6, accept=1.0, seed=0)  # a window running onto the next row
     assert not structure.is_multi_row(wrapping)
+
+
+def test_a_version_1_trace_file_reads_as_chains_in_every_view(kinds):
+    d = kinds["chain"].to_dict()
+    d["version"] = 1
+    for s in d["steps"]:
+        for f in (*TREE_FIELDS, "draft_forwards", "draft_s"):
+            s.pop(f, None)
+    old = Trace.from_dict(d)
+    assert not structure.is_tree(old) and not structure.is_multi_row(old)
+    assert steps.acceptance_by_depth([old]).verified.tolist() == steps.acceptance_by_depth(
+        [kinds["chain"]]).verified.tolist()
+    assert len(steps.replay_figure(old).frames) == old.nfe and race.race_figure({"v1": old}).frames
