@@ -295,7 +295,7 @@ def run_compare(model_name: str, decoders: list[str], settings_json: str, label,
     traces, images = zip(*shown_runs)
     table = [{**row, "settings": ", ".join(f"{k}={v}" for k, v in built[row["decoder"]].settings().items()) or "-"}
              for row in compare.compare_table(traces)]
-    return draw_compare_views(traces, images) + (pd.DataFrame(table), pd.DataFrame(compare.seed_summary(runs)))
+    return draw_compare_views(traces, images, runs) + (pd.DataFrame(table), pd.DataFrame(compare.seed_summary(runs)))
 
 
 @shown

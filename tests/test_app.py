@@ -24,6 +24,7 @@ from decoding.registry import describe_decoder  # noqa: E402
 from decoding.trace import Trace  # noqa: E402
 from ui import parse  # noqa: E402
 from ui.jobs import ModelGate  # noqa: E402
+from ui.views import COMPARE_VIEWS, TRACE_VIEWS  # noqa: E402
 
 MODEL = "tiny-fixture"
 SAMPLING = (4.0, 1.0, 0, 1.0)  # cfg, temperature, top-k, top-p
@@ -46,13 +47,15 @@ def generate(client, decoder="lantern", settings=None, label="1: 1", seed=3, sam
 
 
 def test_generate_returns_image_stats_trace_and_figures(client):
-    image, card, trace_file, maps, lengths, depth, replay, amb, amb_map = generate(client)
+    image, card, trace_file, *figures = generate(client)
+    views = dict(zip([v.name for v in TRACE_VIEWS], figures, strict=True))
+    maps, replay = views["maps"], views["replay"]
     assert np.asarray(Image.open(image)).shape[2] == 3
     trace = Trace.load(trace_file)
     assert trace.decoder == "lantern" and trace.seed == 3 and trace.label == 1 and trace.settings["window"] == 6
     assert f"| NFE (forward passes) | **{trace.nfe}** |" in card and "Step compression = tokens / NFE" in card
-    for fig in (maps, lengths, depth, replay, amb, amb_map):
-        assert fig["type"] == "plotly" and json.loads(fig["plot"])["data"]
+    for name, fig in views.items():
+        assert fig["type"] == "plotly" and (json.loads(fig["plot"])["data"] or name == "rows"), name
     assert len(json.loads(replay["plot"])["frames"]) == trace.nfe
     heat = [d for d in json.loads(maps["plot"])["data"] if d["type"] == "heatmap"]
     assert len(heat) == 2 and "token %{customdata[3]}" in heat[0]["hovertemplate"]
@@ -102,13 +105,15 @@ def test_uploaded_trace_is_shown_and_a_malformed_one_is_refused(client, tmp_path
 
 
 def compare(client, decoders, settings, seeds=1, label="2: 2", seed=11):
-    return client.predict(MODEL, decoders, json.dumps(settings), label, seed, seeds, *SAMPLING, api_name="/compare")
+    *figures, table, summary = client.predict(MODEL, decoders, json.dumps(settings), label, seed, seeds, *SAMPLING,
+                                              api_name="/compare")
+    return dict(zip([v.name for v in COMPARE_VIEWS], figures, strict=True)), table, summary
 
 
 def test_compare_runs_each_decoder_with_its_own_settings(client):
     settings = {"sjd": {"window": 3}, "lantern": {"window": 6, "delta": 0.2}, "gsd": {"window": 5, "group_size": 5}}
-    images, speed, depth, table, summary = compare(client, ["ar", "sjd", "lantern", "gsd"], settings)
-    fig = json.loads(images["plot"])
+    views, table, summary = compare(client, ["ar", "sjd", "lantern", "gsd"], settings)
+    fig = json.loads(views["images"]["plot"])
     assert sum(d["type"] == "image" for d in fig["data"]) == 4
     assert [row[0] for row in table["data"]] == ["ar", "sjd", "lantern", "gsd"]
     headers = table["headers"]
@@ -116,12 +121,13 @@ def test_compare_runs_each_decoder_with_its_own_settings(client):
     assert rows["ar"]["NFE"] == 16 and rows["ar"]["tokens equal to ar"] == 1.0
     assert "window=3" in rows["sjd"]["settings"] and "window=6" in rows["lantern"]["settings"]
     assert "delta=0.2" in rows["lantern"]["settings"] and "group_size=5" in rows["gsd"]["settings"]
-    assert {d.get("name") for d in json.loads(speed["plot"])["data"]} >= {"model forward", "VQ decode"}
+    assert {d.get("name") for d in json.loads(views["speed"]["plot"])["data"]} >= {"model forward", "VQ decode"}
+    assert all(json.loads(f["plot"])["data"] for f in views.values())
     assert [r[summary["headers"].index("seeds")] for r in summary["data"]] == [1, 1, 1, 1]
 
 
 def test_compare_over_seeds_gives_means_and_intervals(client):
-    _, _, _, table, summary = compare(client, ["ar", "sjd"], {"window": 4}, seeds=3)
+    _, table, summary = compare(client, ["ar", "sjd"], {"window": 4}, seeds=3)
     h = summary["headers"]
     by = {r[0]: dict(zip(h, r)) for r in summary["data"]}
     assert by["ar"]["seeds"] == 3 and by["ar"]["NFE mean"] == 16 and by["ar"]["NFE 95% interval"] == "[16.0, 16.0]"
