@@ -445,3 +445,37 @@ def test_readme_lists_every_environment_variable():
     assert {"SPECLENS_MODEL", "SPECLENS_THREADS", "PORT", "SPECLENS_ALLOW_DOWNLOAD"} <= documented
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert [v for v in sorted(documented) if f"`{v}`" not in readme] == []
+
+
+def test_concurrent_requests_load_a_model_once(weights, monkeypatch):
+    """Two threads asking for the same model while it loads: one load; a failure is shared the same way."""
+    import threading
+    import time
+    from functools import lru_cache
+
+    calls = []
+
+    def slow_load(name, device, allow):
+        calls.append(name)
+        time.sleep(0.3)
+        if name == "llamagen-c2i-B-384":
+            raise registry.ModelUnavailable("no weights")
+        return object()
+
+    monkeypatch.setattr(registry, "_cached_load", lru_cache(maxsize=2)(slow_load))
+    results, errors = [], []
+
+    def request(name):
+        try:
+            results.append(registry.load_model(name))
+        except registry.ModelUnavailable as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in ["llamagen-c2i-L-256"] * 3 + [
+        "llamagen-c2i-B-384"] * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == ["llamagen-c2i-B-384", "llamagen-c2i-L-256"]
+    assert len(results) == 3 and len({id(r) for r in results}) == 1 and errors == ["no weights"] * 3
