@@ -47,6 +47,10 @@ def setting_label(setting: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in setting.items())
 
 
+def _setting_of(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in METRIC_COLUMNS}
+
+
 def is_baseline(setting: dict) -> bool:
     return setting.get("decoder") == BASELINE and all(v is None for k, v in setting.items() if k != "decoder")
 
@@ -70,7 +74,7 @@ def sweep_table(samples: Iterable[SweepSample]) -> list[dict]:
                      "speedup vs ar": None,
                      "class consistency": round(float(np.mean([s.predicted == s.label for s in predicted])), 3)
                      if predicted else None})
-    base = [r for r in rows if is_baseline({k: v for k, v in r.items() if k not in METRIC_COLUMNS})]
+    base = [r for r in rows if is_baseline(_setting_of(r))]
     if base:
         rows = base + [r for r in rows if r is not base[0]]
         for r in rows:
@@ -106,6 +110,11 @@ def sweep_curves(rows: Sequence[dict], parameter: str) -> go.Figure:
                                                    f"<extra>{name}</extra>"), 1, j + 1)
     for j in range(3):
         fig.update_xaxes(title_text=parameter, row=1, col=j + 1)
+    base = next((r for r in rows if is_baseline(_setting_of(r))), None)
+    for j, m in enumerate(metrics):
+        if base is not None and base.get(m) is not None:  # ar is one value, not a curve: a dashed level
+            fig.add_hline(y=base[m], line_dash="dash", line_color="#777777", annotation_text="ar",
+                          annotation_position="top left", row=1, col=j + 1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=3)
     fig = finish(fig, f"sweep over {parameter}", height=440)
@@ -118,7 +127,8 @@ def speed_quality_figure(rows: Sequence[dict], parameter: str | None = None) -> 
     """One point per setting: step compression (speed) against class consistency (quality)."""
     fig = go.Figure()
     for i, (name, rs) in enumerate(_series(rows, parameter or "").items()):
-        text = [f"{parameter}={r.get(parameter)}" if parameter else "" for r in rs]
+        text = [BASELINE if is_baseline(_setting_of(r)) else f"{parameter}={r.get(parameter)}" if parameter else ""
+                for r in rs]
         fig.add_trace(go.Scatter(x=[r["step compression"] for r in rs], y=[r["class consistency"] for r in rs],
                                  mode="markers+text", text=text, textposition="top center", name=name,
                                  marker=dict(size=12, color=decoder_colour(i)), cliponaxis=False,
@@ -174,8 +184,7 @@ def sweep_frontier_png(rows: Sequence[dict], parameter: str) -> bytes:
     with_quality = [r for r in rows if r.get("class consistency") is not None]
     points = []
     for r in rows:
-        rest = {k: v for k, v in r.items() if k not in METRIC_COLUMNS}
-        name = BASELINE if is_baseline(rest) else f"{parameter}={r.get(parameter)}"
+        name = BASELINE if is_baseline(_setting_of(r)) else f"{parameter}={r.get(parameter)}"
         if with_quality:
             lo, hi = wilson_interval(r["class consistency"] * r["images"], r["images"])
             points.append({"name": name, "x": r["step compression"], "y": r["class consistency"],

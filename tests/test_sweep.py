@@ -118,3 +118,36 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     run([sys.executable, *sweep_args(out, *args)])
     assert units.read_text().count("\n") == 45  # the finished units were not redone
     assert merged(out) == merged(tmp_path / "whole")
+
+
+def test_run_sweep_table_has_the_ar_row_first_and_its_speedup(tmp_path):
+    """The app's entry point: duplicates merged, ar first with speedup 1, every file written."""
+    from analysis import sweeps
+
+    calls = []
+    result = sweep.run_sweep(load_model("tiny-fixture"), "sjd", {"init": "vertical"}, "window", ["3", 2, "2.0"], 2,
+                             tmp_path, progress=lambda done, total: calls.append((done, total)), warmup=0)
+    assert [(r["decoder"], r["window"], r["images"]) for r in result.rows] == [("ar", None, 2), ("sjd", 3, 2),
+                                                                              ("sjd", 2, 2)]
+    assert result.rows[0]["speedup vs ar"] == 1.0 and all(r["speedup vs ar"] > 0 for r in result.rows)
+    assert result.rows[0]["step compression"] == 1.0 and result.rows[0]["class consistency"] is None
+    assert calls[-1] == (6, 6) and len(result.samples) == 6
+    assert sorted(result.files) == ["curves.html", "frontier.png", "speed_quality.html", "table.csv", "table.json",
+                                    "traces.jsonl"]
+    assert result.files["frontier.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = sweeps.sweep_curves(result.rows, "window")
+    assert [s.x for s in curves.data if s.name == "decoder=sjd"][0] == (2, 3)  # sorted, no ar
+    assert len(curves.layout.shapes) == 1  # ar's step compression as a dashed level (no acceptance, no classifier)
+    assert sweeps.speed_quality_figure(result.rows, "window").data[0].text == ("ar",)
+
+
+def test_wilson_interval():
+    lo, hi = sweeps_module().wilson_interval(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)  # Wilson 1927, z = 1.96
+    assert sweeps_module().wilson_interval(0, 5)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def sweeps_module():
+    from analysis import sweeps
+
+    return sweeps
