@@ -36,9 +36,10 @@ import torch
 
 from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
 from decoding.drafts import DRAFT_INITS, initial_drafts, one_hot_q
-from decoding.params import param
+from decoding.params import param, validate_for_model
 from decoding.rules.exact import acceptance_ratio, first_rejection, residual
 from decoding.sampling import SamplingSettings, logits_to_probs, sample
+from decoding.window_policy import WINDOW_POLICIES, AcceptanceEstimate, choose_window, cost_curve
 from decoding.window_trace import PassLog, record_passes
 
 
@@ -78,6 +79,10 @@ class SpeculativeJacobi(Decoder):
     uniform_q: bool = param(False, "score fresh random drafts with the uniform q they were drawn from (1/V, so "
                             "acceptance min(1, V p(x))) instead of a one-hot q; lossless; init='random' only "
                             "(SJD-PAC's get_multi_token_for_preparation)", advanced=True)
+    window_policy: str = param("fixed", "window length per pass: always `window`, or the length up to `window` "
+                               "that maximises expected committed tokens per second from this machine's measured "
+                               "forward cost and the running acceptance (lossless; decoding/window_policy.py)",
+                               choices=WINDOW_POLICIES, advanced=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,6 +144,13 @@ class SpeculativeJacobi(Decoder):
         return Resolution(token, kind, y[r + 1:], p[r + 1:])
 
     # -- the loop ---------------------------------------------------------------------------
+    def generate(self, model: ModelLike, label: int, sampling: SamplingSettings | None = None, seed: int = 0,
+                 decode_image: bool = True):
+        if self.window_policy == "hardware":  # the cost curve is measured (once) before the decode clock starts
+            validate_for_model(self, model.info)
+            cost_curve(model, self.window, (sampling or SamplingSettings()).cfg_scale)
+        return super().generate(model, label, sampling, seed, decode_image)
+
     def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
                 recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
         info = model.info
@@ -156,10 +168,15 @@ class SpeculativeJacobi(Decoder):
         done = 1
         drafts, q = torch.empty(0, dtype=torch.long), torch.empty(0, vocab)
         passes: list[PassLog] = []
+        curve = cost_curve(model, self.window, sampling.cfg_scale) if self.window_policy == "hardware" else None
+        acceptance = AcceptanceEstimate()
         while done < n:
-            # 2. the window: last committed token + drafts; it shrinks at the end of the grid
+            # 2. the window: last committed token + drafts; it shrinks at the end of the grid; the hardware
+            # policy picks its length from the passes before (never from this pass's draws: lossless)
             start = done - 1
             length = min(self.window, n - start)
+            if curve is not None:
+                length = choose_window(curve, acceptance.rate, length)
             n_drafts, n_rows = length - 1, min(length, n - 1 - start)
             drafts, q = self.propose(drafts[:n_drafts], q[:n_drafts], tokens[:done], n_drafts, width, vocab, gen)
             step = recorder.new_step(start, length)
@@ -172,6 +189,7 @@ class SpeculativeJacobi(Decoder):
             # 4. verify, cut at the first rejection, replace or add a bonus token
             verdict = self.verify(p[:n_drafts], q, drafts, y[:n_drafts], gen, ctx)
             r = first_rejection(verdict.accepted)
+            acceptance.update(r, min(r + 1, n_drafts))
             res = self.resolve(p, q, drafts, y, verdict, r, gen, ctx)
 
             # 5. commit; the trace is filled after the last pass

@@ -49,6 +49,7 @@ LOSSLESS = [
     ("sjd-pac", {"window": 13, "tree_width": 3, "tree_depth": 3}, TOP_K),
     ("sjd-pac", {"window": 4, "tree_width": 3, "tree_depth": 2, "uniform_q": False}, SAMPLING),
     ("zipar", {"local_window": 2}, SAMPLING),  # a row waits for the complete row above (2-wide grid): AR
+    ("sjd", {"window": 4, "window_policy": "hardware"}, SAMPLING),  # this machine's measured cost curve
 ]
 # every lossless decoder of the registry is tested: one without a case above runs at its defaults
 LOSSLESS += [(name, {}, SAMPLING) for name in lossless_decoders() if name not in {c[0] for c in LOSSLESS}]
