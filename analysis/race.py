@@ -5,7 +5,8 @@ and `patch(code) -> uint8 image [h, w, 3]` of one code (e.g. the VQ decoder's lo
 Codebook gallery shows it), or `patch=None` for a token-grid heatmap (colour = token id). A slider picks k =
 the number of forward passes done; every panel shows its trace after k passes: committed positions drawn,
 uncommitted ones blank (light grey), drafts waiting for the next pass's verification outlined. A decoder
-that finished before k shows its final state.
+that finished before k shows its final state. `patch` is called once per distinct code per figure: give
+a cheap one (decoded looks computed once and cached; decoding a whole grid per code costs ~1 s on CPU).
 
 Traces only: the picture is assembled from per-position tokens, patch by patch, so it shows where and how
 fast each decoder fills the grid, not the VQ decoder's exact output for a partial grid.
