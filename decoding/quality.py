@@ -128,9 +128,10 @@ def evaluate_arms(arms: list[Arm], traces: dict[str, list[Trace]], vocab_size: i
     the feature metrics are left out."""
     ar = traces[BASELINE]
     ar_tokens = np.array([t.tokens for t in ar])
-    ref = None
+    ref = ref_kernel = None
     if classifier is not None and reference is not None:
         ref = classifier.features(reference)
+        ref_kernel = metrics.offdiagonal_mean(ref.astype(np.float64))
     features: dict[str, np.ndarray] = {}
     rows = []
     for arm in arms:
@@ -145,7 +146,7 @@ def evaluate_arms(arms: list[Arm], traces: dict[str, list[Trace]], vocab_size: i
             hits = classifier.predict(images) == np.array([t.label for t in ts])
             subset = np.random.default_rng(seed).choice(len(ref), min(len(ts), len(ref)), replace=False)
             row.update(metrics.distribution_metrics(ref, features[arm.label], hits, resamples, seed,
-                                                    prdc_real=ref[np.sort(subset)]))
+                                                    prdc_real=ref[np.sort(subset)], real_kernel_mean=ref_kernel))
             if arm.label != BASELINE:
                 row["fd_vs_ar"] = metrics.frechet_distance(features[BASELINE], features[arm.label])
         rows.append(row)
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         ap.error(f"--bootstrap must be >= 2, got {a.bootstrap}")
     specs = parse_decoder_specs(([a.decoder] if a.decoder else []) + (a.decoders or ([] if a.decoder else
                                                                                      [DEFAULT_DECODERS])))
-    model = sweep.load_run_model(a.model, a.device, a.threads)
+    model = sweep.load_run_model(a.model, a.device, a.threads, ap)
     n = sample_count(a, model.info.num_classes, ap)
     sampling = SamplingSettings(a.cfg_scale, a.temperature, a.top_k, a.top_p)
     arms = quality_arms(specs)

@@ -416,14 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load_run_model(name: str, device: str, threads: int | None):
-    from models.registry import load_model
+def load_run_model(name: str, device: str, threads: int | None, ap: argparse.ArgumentParser | None = None):
+    """The model on this rank's device; a model whose weights are missing ends the command with the
+    registry's message (which files to place where), not a traceback."""
+    from models.registry import ModelUnavailable, load_model
 
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    return load_model(name, rank_device(device))
+    try:
+        return load_model(name, rank_device(device))
+    except (ModelUnavailable, ValueError) as e:
+        if ap is None:
+            raise
+        ap.error(f"--model {name}: {e}")
 
 
 def classifier_option(value: str, model):
@@ -447,7 +454,7 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
         ap.error(f"--settings must be a JSON object: {e}")
     if not isinstance(settings, dict):
         ap.error(f"--settings must be a JSON object, got {a.settings!r}")
-    model = load_run_model(a.model, a.device, a.threads)
+    model = load_run_model(a.model, a.device, a.threads, ap)
     classes = parse_int_list(a.classes, range(model.info.num_classes))
     rank, world = rank_and_world()
     bar = None if a.no_progress else ProgressBar(f"rank {rank}/{world} " if world > 1 else "")

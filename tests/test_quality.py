@@ -103,8 +103,12 @@ def test_inception_fid_says_what_is_missing(tmp_path, monkeypatch):
     assert any(n.startswith("Inception FID skipped: Inception FID needs the pytorch-fid") for n in report["notes"])
 
 
-def test_bad_counts_are_refused_with_the_range(tmp_path):
+def test_bad_counts_and_models_are_refused_with_the_reason(tmp_path, capsys):
     with pytest.raises(SystemExit):
         quality.main(["--model", "tiny-fixture", "--samples", "1", "--out", str(tmp_path)])
+    assert "samples per decoder must be in [2, 100000], got 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--model", "nope", "--out", str(tmp_path)])
+    assert "--model nope: unknown model 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         quality.main(["--model", "tiny-fixture", "--samples", "4", "--per-class", "2", "--out", str(tmp_path)])
