@@ -55,3 +55,17 @@ def test_teacher_forcing_example_runs_with_official_field_names():
     scope: dict = {}
     exec(code, scope)
     assert scope["logits"].shape == (2, 16, 64)
+
+
+def test_the_apps_limits_in_the_readme_are_the_servers():
+    from ui import limits
+
+    section = README.split("## The app", 1)[1].split("\n## ", 1)[0]
+    for phrase in (f"uploads at most {limits.MAX_UPLOAD_BYTES // 2**20} MB",
+                   f"at most {limits.TRACE_LIMITS.max_tokens} tokens of grid",
+                   f"at most {limits.MAX_COMPARE_SEEDS} seeds and {limits.MAX_COMPARE_RUNS} images",
+                   f"at most {limits.MAX_BROWSER_SWEEP} images and {limits.MAX_SWEEP_VALUES} values",
+                   f"at most {limits.MAX_JOBS_PER_SESSION} model jobs in flight per browser session and "
+                   f"{limits.MAX_JOBS_PER_ADDRESS} per client address", f"queue of {limits.QUEUE_SIZE}",
+                   f"{limits.MAX_SESSION_TRACES} per session and {limits.MAX_STORED_TRACES} in all"):
+        assert phrase in section, phrase
