@@ -35,15 +35,16 @@ def replay_states(trace: Trace) -> np.ndarray:
     return states
 
 
-def _grid_data(trace: Trace, states: np.ndarray, nodes: PassNodes, i: int, rows: list[int] | None) -> list:
+def _grid_data(trace: Trace, states: np.ndarray, nodes: PassNodes, i: int, rows: list[int] | None) -> list[dict]:
+    """The grid panel's traces after pass i, as plain dicts (each frame validates them once)."""
     w = trace.grid_shape[1]
     z = states[i].reshape(trace.grid_shape)
     vr, vc = np.divmod(nodes.positions, w)
     rejected = sorted(set(nodes.positions[~nodes.accepted].tolist()) - set(nodes.positions[nodes.accepted].tolist()))
     rr, rc = np.divmod(np.asarray(rejected, dtype=int), w)  # a tree: crossed where no sibling was accepted
-    data = [go.Heatmap(z=z), go.Scatter(x=vc, y=vr), go.Scatter(x=rc, y=rr)]
+    data = [dict(type="heatmap", z=z), dict(type="scatter", x=vc, y=vr), dict(type="scatter", x=rc, y=rr)]
     if rows is not None:
-        data.append(go.Scatter(x=[w - 0.5 + 0.25] * len(rows), y=rows))
+        data.append(dict(type="scatter", x=[w - 0.5 + 0.25] * len(rows), y=rows))
     return data
 
 
@@ -61,9 +62,10 @@ def _tree_data(step: StepRecord, nodes: PassNodes) -> list:
     symbols = ["circle" if on else "x" for on in nodes.on_path.tolist()]
     text = [f"position {p} · draft {t} · {'on the accepted path' if on else 'rejected'}"
             for p, t, on in zip(nodes.positions.tolist(), tokens, nodes.on_path.tolist())]
-    return [go.Scatter(x=ex, y=ey), go.Scatter(x=px, y=py),
-            go.Scatter(x=np.concatenate([[0.0], x]), y=np.concatenate([[0.0], y]), text=["committed prefix"] + text,
-                       marker=dict(color=["#222222"] + colours, symbol=["square"] + symbols))]
+    return [dict(type="scatter", x=ex, y=ey), dict(type="scatter", x=px, y=py),
+            dict(type="scatter", x=np.concatenate([[0.0], x]), y=np.concatenate([[0.0], y]),
+                 text=["committed prefix"] + text, marker=dict(color=["#222222"] + colours,
+                                                               symbol=["square"] + symbols))]
 
 
 def replay_figure(trace: Trace, image: np.ndarray | None = None, max_frames: int = 400) -> go.Figure:
@@ -87,7 +89,7 @@ def replay_figure(trace: Trace, image: np.ndarray | None = None, max_frames: int
         data = _grid_data(trace, states, passes[i], i, active[i] if rows else None)
         return data + (_tree_data(trace.steps[i], passes[i]) if tree else [])
 
-    first = frame_data(first_id)
+    first = [(go.Heatmap if d["type"] == "heatmap" else go.Scatter)(d) for d in frame_data(first_id)]
     _style_grid(first, domains[grid_col - 1], rows)
     for t in first[:3 + rows]:
         fig.add_trace(t, 1, grid_col)
