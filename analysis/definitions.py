@@ -54,7 +54,20 @@ DEFINITIONS: dict[str, str] = {
                          "to the class they were generated for.",
     "replay": "Replay: one frame per forward pass. Coloured = committed in this pass (by kind), grey = committed "
               "earlier, white = not yet; open squares = drafts verified in this pass, crosses = drafts rejected "
-              "or discarded.",
+              "or discarded; arrows on the right = the rows a pass decoded when it decoded several (ZipAR, PJD).",
+    "verified_tree": "Verified tree: the drafts one pass verified, by depth (0 = the committed prefix); siblings are "
+                     "alternative drafts for one position (SJD-PAC), the accepted path is blue, rejected nodes are "
+                     "crossed.",
+    "race": "Equal forward passes: every decoder after the same number k of target forward passes; drawn = "
+            "committed by pass k, blank = not yet, outlined = drafts waiting for the next pass's verification. "
+            "Built from the traces' tokens, not a decode of the partial grid.",
+    "accepted_length_histogram": "Accepted length histogram: the share of forward passes that committed k tokens "
+                                 "(the resampled/bonus token and the prefill included); dashed = the mean accepted "
+                                 "length. A tall first bar = passes that gained nothing over AR.",
+    "rows_per_pass": "Rows per pass: tokens each forward pass committed in each grid row; one row at a time for "
+                     "raster decoders (a staircase), several at once for ZipAR and PJD (a band).",
+    "target_top1_agreement": "Top-1 agreement = share of verified drafts that were the target's most probable token "
+                             "at their node (p(draft) = the target's top-1 probability), every verification counted.",
 }
 
 
