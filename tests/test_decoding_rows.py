@@ -234,3 +234,29 @@ def test_rows_decode_together_in_the_trace(model, decoder):
             assert s.rows == [p // width for p in s.positions] and len(s.parents) == len(s.positions)
     again = decoder.generate(model, 2, SAMPLED, seed=4, decode_image=False)
     assert torch.equal(again.tokens, result.tokens) and again.trace.commit_step == trace.commit_step
+
+
+@pytest.mark.parametrize("keep_ratio", [1.0, 0.4])
+def test_pjd_row_verification(keep_ratio):
+    """Three random drafts (one-hot q): the first accepted, the second rejected, the third kept as the next
+    draft iff its ratio exceeds 0.5; the leading row resamples from the residual, another row truncates."""
+    drafts = torch.tensor([0, 1, 2])
+    q = torch.nn.functional.one_hot(drafts, 3).float()
+    p = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.2, 0.6], [1 - keep_ratio, 0.0, keep_ratio], [0.3, 0.3, 0.4]])
+    y = torch.tensor([0, 2, 0, 1])  # this pass's samples at the 4 nodes
+    u = torch.tensor([0.5, 0.5, 0.5])
+    lead = PJDDecoder._verify(p, q, drafts, y, u, True, torch.Generator().manual_seed(0))
+    assert lead.r == 1 and lead.verified == 2 and lead.kinds == ["draft", "resampled"]
+    assert lead.committed[0] == 0 and lead.committed[1] in (0, 2)  # residual [0.25, 0, 0.75]: never the draft 1
+    assert lead.accept_prob.tolist() == pytest.approx([1.0, 0.2, keep_ratio])
+    third = 2 if keep_ratio > 0.5 else 0  # kept draft, else this pass's sample y
+    assert lead.next_drafts.tolist() == [third, 1]
+    assert torch.equal(lead.next_q[0], q[2] if keep_ratio > 0.5 else p[2]) and torch.equal(lead.next_q[1], p[3])
+    other = PJDDecoder._verify(p, q, drafts, y, u, False, torch.Generator().manual_seed(0))
+    assert other.committed.tolist() == [0] and other.kinds == ["draft"]  # no residual, no bonus
+    assert other.next_drafts.tolist() == [2, third, 1]  # y at the rejected position, with q = p
+    assert torch.equal(other.next_q[0], p[1])
+    every = PJDDecoder._verify(p, q, drafts, y, torch.zeros(3), True, torch.Generator())
+    # all accepted (u = 0 < every ratio): a bonus token from the last node, no next drafts
+    assert every.committed.tolist() == [0, 1, 2, 1] and every.kinds == ["draft"] * 3 + ["bonus"]
+    assert len(every.next_drafts) == 0
