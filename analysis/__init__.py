@@ -11,6 +11,8 @@ sweeps), `static` (matplotlib exports), `definitions` (the captions), `style` (c
 Views for the app to wire (each takes traces, returns a plotly figure): `race.race_figure({name: trace},
 patch)`, `acceptance.acceptance_histograms({name: traces})` (+ `acceptance_table`, `TABLE_COLUMNS`),
 `steps.rows_figure(trace)`, `drafter.drafter_figure(traces)`; `steps.replay_figure` draws trees and rows
-by itself. `codebook.ProjectionStore(cache_dir, shipped=ASSETS / "projections")`: cache_dir = a user
-cache dir (`codebook.default_cache_dir()`), never the source tree.
+by itself. Captions: `definitions.define("race")`, `"accepted_length_histogram"`, `"rows_per_pass"`,
+`"verified_tree"`, `"target_top1_agreement"`. `codebook.ProjectionStore(cache_dir)`: cache_dir = a user
+cache dir (`codebook.default_cache_dir()`), never the source tree; the bundled projections are read from
+`assets/projections` by default.
 """

@@ -86,6 +86,8 @@ def drafter_summary(traces: Sequence[Trace]) -> dict:
 def drafter_figure(traces: Sequence[Trace], min_drafts: int = 5) -> go.Figure:
     """Left: target top-1 agreement per grid position. Right: agreement and acceptance rate by depth
     (depths with fewer than `min_drafts` drafts not drawn)."""
+    if min_drafts < 1:
+        raise ValueError(f"min_drafts must be >= 1, got {min_drafts}")
     if not traces:
         return empty_figure("no traces yet")
     share, verified = agreement_grid(traces)

@@ -70,6 +70,8 @@ def _tree_data(step: StepRecord, nodes: PassNodes) -> list:
 
 def replay_figure(trace: Trace, image: np.ndarray | None = None, max_frames: int = 400) -> go.Figure:
     """A slider over forward passes: what each pass verified and committed (module docstring)."""
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     states = replay_states(trace)
     passes = all_pass_nodes(trace)
     tree, rows = is_tree(trace), is_multi_row(trace)

@@ -112,14 +112,11 @@ def tree_layout(nodes: PassNodes) -> tuple[np.ndarray, np.ndarray]:
     for i, p in enumerate(nodes.parents.tolist()):
         children.setdefault(p, []).append(i)
     next_slot: dict[int, int] = {}
-
-    def place(i: int) -> None:
+    stack = list(reversed(children.get(-1, [])))  # depth first, iterative: a chain may be thousands long
+    while stack:
+        i = stack.pop()
         d = int(nodes.depths[i])
         y[i] = next_slot.get(d, 0)
         next_slot[d] = int(y[i]) + 1
-        for c in children.get(i, []):
-            place(c)
-
-    for root in children.get(-1, []):
-        place(root)
+        stack.extend(reversed(children.get(i, [])))
     return nodes.depths.astype(float), y

@@ -218,3 +218,14 @@ def test_a_version_1_trace_file_reads_as_chains_in_every_view(kinds):
     assert steps.acceptance_by_depth([old]).verified.tolist() == steps.acceptance_by_depth(
         [kinds["chain"]]).verified.tolist()
     assert len(steps.replay_figure(old).frames) == old.nfe and race.race_figure({"v1": old}).frames
+
+
+def test_tree_layout_of_a_long_chain_and_bad_frame_counts():
+    n = 3000  # a chain longer than Python's recursion limit
+    nodes = structure.PassNodes(positions=np.arange(n), parents=np.arange(n) - 1, depths=np.arange(1, n + 1),
+                                rows=np.zeros(n, dtype=int), on_path=np.ones(n, dtype=bool),
+                                accepted=np.ones(n, dtype=bool))
+    x, y = structure.tree_layout(nodes)
+    assert x.tolist() == list(range(1, n + 1)) and not y.any()
+    with pytest.raises(ValueError, match="max_frames must be >= 1"):
+        steps.replay_figure(synthetic_trace((2, 2), 8), max_frames=0)
