@@ -17,7 +17,11 @@ a shorter one unless acceptance is high.
   with timing noise; kept per process and, unless SPECLENS_WINDOW_COST_DIR is empty, in a JSON file
   under `$SPECLENS_WINDOW_COST_DIR` (default `$XDG_CACHE_HOME/speclens/window_cost`), written
   atomically, so that later runs on the same machine choose the same windows (same seed, same tokens).
+  A curve measured on a loaded machine stays until its file is deleted (then it is measured again).
 - a is the running mean over the passes so far: (accepted + 1) / (verified + 2) (Laplace prior 1/2).
+- Known simplifications: c(L) is the forward time only (the decoder's own per-pass overhead, 10-20%
+  of a pass on CPU, would favour slightly longer windows); acceptance is pooled over depths (a
+  geometric model), although deeper drafts are accepted less often in SJD.
 
 Lossless: the length of pass t is a function of the passes before it (their accept/reject counts)
 and of the cost curve, never of pass t's own drafts, samples or uniforms. Given the history, pass t
