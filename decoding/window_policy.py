@@ -21,7 +21,7 @@ a shorter one unless acceptance is high.
 - a is the running mean over the passes so far: (accepted + 1) / (verified + 2) (Laplace prior 1/2).
 - Known simplifications: c(L) is the forward time only (the decoder's own per-pass overhead, 10-20%
   of a pass on CPU, would favour slightly longer windows); acceptance is pooled over depths (a
-  geometric model), although deeper drafts are accepted less often in SJD.
+  geometric model), although in SJD the acceptance of a draft depends on its depth.
 
 Lossless: the length of pass t is a function of the passes before it (their accept/reject counts)
 and of the cost curve, never of pass t's own drafts, samples or uniforms. Given the history, pass t
