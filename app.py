@@ -1,7 +1,7 @@
 """SpecLens: generate with any decoder, see every acceptance, explore the codebook, compare side by side.
 
     python app.py                 # the Gradio app (PORT / GRADIO_SERVER_PORT respected, for Spaces)
-    python app.py sweep --decoder lantern --parameter delta --values 0,0.05,0.1,0.2 --images 50
+    python app.py sweep --decoder lantern ...   # the same as python -m decoding.sweep --decoder lantern ...
 
 Wiring only: one builder per tab, decoder widgets generated from the decoders' parameter metadata,
 one list of trace views (`ui.views`) driving every figure output, and small handlers that each call
@@ -41,6 +41,7 @@ from models.registry import MODELS, ModelUnavailable, load_model
 from ui import limits, parse, text
 from ui.jobs import JobLimiter, ModelGate, client_address
 from ui.models import served_models, start_model
+from ui.runs import run_decoders
 from ui.store import TraceStore
 from ui.tempfiles import TempFolder
 from ui.views import COMPARE_VIEWS, TRACE_VIEWS, draw_compare_views, draw_trace_views, sections
@@ -283,19 +284,14 @@ def run_compare(model_name: str, decoders: list[str], settings_json: str, label,
         sampling = parse.parse_sampling(cfg, temperature, top_k, top_p)
         label = parse.parse_class(model.info, label)
         seed = parse.as_int(seed, "seed", 0, limits.MAX_SEED - n_seeds + 1)
-        runs: dict[str, list[Trace]] = {n: [] for n in names}
-        shown_runs = []
-        for s, n in progress.tqdm([(s, n) for s in range(seed, seed + n_seeds) for n in names], desc="decoding"):
-            with GATE.use():
-                r = built[n].generate(model, label, sampling, s)
-            runs[n].append(r.trace)
-            if s == seed:
-                shown_runs.append((r.trace, r.image))
-                STORE.add(session_of(request), r.trace, r.image)
-    traces, images = zip(*shown_runs)
+        done = run_decoders(model, built, label, sampling, range(seed, seed + n_seeds), GATE,
+                            lambda jobs: progress.tqdm(jobs, desc="decoding"))
+    for trace, image in done.shown:
+        STORE.add(session_of(request), trace, image)
     table = [{**row, "settings": ", ".join(f"{k}={v}" for k, v in built[row["decoder"]].settings().items()) or "-"}
-             for row in compare.compare_table(traces)]
-    return draw_compare_views(traces, images, runs) + (pd.DataFrame(table), pd.DataFrame(compare.seed_summary(runs)))
+             for row in compare.compare_table(done.traces)]
+    summary = compare.seed_summary(done.runs)
+    return draw_compare_views(done.traces, done.images, done.runs) + (pd.DataFrame(table), pd.DataFrame(summary))
 
 
 @shown
@@ -343,7 +339,7 @@ def run_sweep_ui(model_name: str, decoder_name: str, parameter: str, values: str
     if total > limits.MAX_BROWSER_SWEEP:
         raise ValueError(f"({len(grid)} settings + the ar baseline) x {n_images} images = {total} images; the browser "
                          f"runs at most {limits.MAX_BROWSER_SWEEP}. Run larger sweeps from the command line: "
-                         f"python app.py sweep --decoder {decoder_name} --parameter {parameter} --values "
+                         f"python -m decoding.sweep --decoder {decoder_name} --parameter {parameter} --values "
                          f"{','.join(map(str, grid))} --images {n_images}")
     with job(request):
         model = get_model(model_name)
@@ -365,11 +361,18 @@ def summary_png(request: gr.Request) -> str:
 
 
 @shown
-def on_model_change(model_name: str):
-    """The class list of the chosen model (LlamaGen: 1000 ImageNet classes)."""
-    names = get_model(model_name).info.class_names
-    choices = class_choices(names)
-    return gr.update(choices=choices, value=choices[0]), gr.update(choices=choices, value=choices[0])
+def on_model_change(model_name: str, panels: list[DecoderPanel]):
+    """The class list of the chosen model (LlamaGen: 1000 ImageNet classes) and its bounds on the sliders of
+    model-bound settings (window <= tokens, group size <= vocabulary)."""
+    info = get_model(model_name).info
+    choices, bounds = class_choices(info.class_names), model_bounds(info)
+    sliders = [gr.update(maximum=bounds[spec.meta.model_bound]) for _, spec in bound_widgets(panels)]
+    return [gr.update(choices=choices, value=choices[0])] * 2 + sliders
+
+
+def bound_widgets(panels: list[DecoderPanel]) -> list[tuple]:
+    return [(w, spec) for p in panels for w, spec in zip(p.widgets, p.specs)
+            if spec.meta.model_bound and isinstance(w, gr.Slider)]
 
 
 def end_session(request: gr.Request) -> None:
@@ -548,7 +551,7 @@ def sweep_tab(shared: Shared):
     first = next((n for n in ("lantern", "sjd") if n in DECODERS), next(iter(DECODERS)))
     gr.Markdown(f"A small sweep (at most {limits.MAX_BROWSER_SWEEP} images, `ar` baseline included; classes cycled, "
                 "seed = image index) with the Generate tab's model, sampling and this decoder's other settings. "
-                "Generations of other users go first. Larger sweeps: `python app.py sweep --help`.")
+                "Generations of other users go first. Larger sweeps: `python -m decoding.sweep --help`.")
     with gr.Row():
         decoder = gr.Dropdown(list(DECODERS), value=first, label="decoder")
         axes = parse.sweepable(first)
@@ -595,7 +598,7 @@ def about_text() -> str:
             f"{limits.MAX_COMPARE_SEEDS} seeds and {limits.MAX_COMPARE_RUNS} images; sweeps up to "
             f"{limits.MAX_BROWSER_SWEEP} images; {limits.MAX_JOBS_PER_SESSION} jobs at a time per visitor.\n\n"
             "**Command line**: traces from `python -m decoding.quality ...` or `Trace.save(...)` can be uploaded on "
-            "the Generate tab; larger sweeps: `python app.py sweep --help`.\n")
+            "the Generate tab; larger sweeps: `python -m decoding.sweep --help`.\n")
 
 
 class SpecLensBlocks(gr.Blocks):
@@ -625,7 +628,9 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
                 sweep_tab(shared)
             with gr.Tab("About", id="about"):
                 gr.Markdown(about_text())
-        shared.model.change(on_model_change, shared.model, [shared.class_dd, compare_class], api_visibility="private")
+        bound = [w for w, _ in bound_widgets(shared.panels)]
+        shared.model.change(lambda m: on_model_change(m, shared.panels), shared.model,
+                            [shared.class_dd, compare_class, *bound], api_visibility="private")
         shared.image.select(pick_from_image, None, [code_nb, position, shared.picked], api_visibility="private")
         demo.unload(end_session)
     demo.queue(default_concurrency_limit=2, max_size=limits.QUEUE_SIZE)

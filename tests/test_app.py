@@ -177,7 +177,7 @@ def test_small_sweep_and_a_too_large_one(client):
     assert json.loads(curves["plot"])["data"] and json.loads(sq["plot"])["data"]
     csv_file, traces_file = sorted(files, key=lambda f: f.endswith(".jsonl"))
     assert open(csv_file).readline().startswith("decoder,") and len(open(traces_file).readlines()) == 6
-    with pytest.raises(Exception, match="command line: python app.py sweep"):
+    with pytest.raises(Exception, match="command line: python -m decoding.sweep --decoder lantern"):
         client.predict(MODEL, "lantern", "delta", "0, 0.1, 0.2, 0.3", 20, "{}", *SAMPLING, api_name="/sweep")
     with pytest.raises(Exception, match="has no parameter 'k'"):
         client.predict(MODEL, "lantern", "k", "1", 1, "{}", *SAMPLING, api_name="/sweep")

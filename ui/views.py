@@ -35,9 +35,9 @@ TRACE_VIEWS: list[View] = [
          ("mean_accepted_length", "mean_accepted_drafts")),
     View("depth", "acceptance by depth", "per forward pass",
          lambda t, im, view, overlay: steps.depth_figure({t.decoder: [t]}), ("acceptance_by_depth",)),
-    View("rows", "rows per forward pass (ZipAR, PJD)", "per forward pass",
+    View("rows", "rows per forward pass", "rows per forward pass (ZipAR, PJD)",
          lambda t, im, view, overlay: steps.rows_figure(t) if structure.is_multi_row(t)
-         else empty_figure("one row at a time: this decoder works along the raster order"), (), True),
+         else empty_figure("one row at a time: this decoder works along the raster order"), (), False),
     View("replay", "replay", "replay", lambda t, im, view, overlay: replay.replay_figure(t, im), ("replay",), False),
     View("drafter", "drafter quality", "drafter", lambda t, im, view, overlay: drafter.drafter_figure([t]), (), False),
     View("ambiguity", "ambiguity histograms", "ambiguity of the target",
