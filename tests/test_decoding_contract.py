@@ -4,6 +4,7 @@ and the plug-in of a user's decoder by import path."""
 from __future__ import annotations
 
 import textwrap
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,3 +241,24 @@ def test_bad_label_and_model_bound_are_refused_before_anything_runs(model, name)
             make_decoder(name).generate(Untouchable(), label, SAMPLING, seed=0)
     with pytest.raises(ValueError, match=r"top_k must be in \[0, vocab_size\] \(here 64\), got 65"):
         make_decoder(name).generate(Untouchable(), 0, SamplingSettings(top_k=65), seed=0)
+
+
+def test_prepare_runs_once_before_the_clock_starts(model):
+    """Per-model tables (GSD's distance table, LANTERN's neighbour lists) are not decoder overhead:
+    `prepare` runs once per call, before the clock of the trace's timings starts, and its result is the ctx."""
+    events = []
+
+    @dataclass
+    class Spy(DECODERS["gsd"]):
+        def prepare(self, m):
+            ctx = super().prepare(m)
+            events.append(("prepared", time.perf_counter(), ctx))
+            return ctx
+
+        def _decode(self, m, label, sampling, gen, recorder, clock, ctx):
+            events.append(("clock", clock._t0, ctx))
+            return super()._decode(m, label, sampling, gen, recorder, clock, ctx)
+
+    Spy(window=6).generate(model, 1, SAMPLING, seed=0, decode_image=False)
+    (first, t_prepared, ctx), (second, t_clock, ctx_seen) = events
+    assert (first, second) == ("prepared", "clock") and t_prepared <= t_clock and ctx_seen is ctx
