@@ -260,3 +260,21 @@ def test_pjd_row_verification(keep_ratio):
     # all accepted (u = 0 < every ratio): a bonus token from the last node, no next drafts
     assert every.committed.tolist() == [0, 1, 2, 1] and every.kinds == ["draft"] * 3 + ["bonus"]
     assert len(every.next_drafts) == 0
+
+
+def test_zipar_context_is_what_the_official_cache_holds():
+    """A node sees, besides this pass's anchors, exactly the slots fed in earlier passes (the official
+    KV cache; its not-yet-written slots, zero K/V there, are masked here), stand-ins included."""
+    width, window = 7, 3
+    model = PositionModel(width, width)
+    ZipARDecoder(local_window=window).generate(model, 0, GREEDY, decode_image=False)
+    fed_before = torch.zeros(width * width, dtype=torch.bool)
+    stand_ins = 0
+    for call in model.calls:
+        pos = torch.tensor(call["positions"])
+        expected = fed_before.clone()
+        expected[pos] = False  # rewritten in this pass: seen through `visible`
+        assert torch.equal(call["context"], expected)
+        stand_ins += sum(t != p for t, p in zip(call["tokens"], call["positions"]))  # token id != its position
+        fed_before[pos] = True
+    assert stand_ins == width - 2  # rows 2 .. W-1 start on a stand-in
