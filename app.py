@@ -25,6 +25,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from analysis import codebook, compare, heatmaps, static, sweeps
 from analysis.definitions import define
@@ -88,19 +89,22 @@ def get_model(name: str):
         raise ValueError(f"Model {name!r} could not be loaded: {e}") from e
 
 
-@lru_cache(maxsize=1)
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def embeddings_of(model_name: str, space: str) -> np.ndarray:
     model = get_model(model_name)
     return (model.codebook_embeddings() if space == "vq" else model.token_embeddings()).numpy()
 
 
-@lru_cache(maxsize=1024)
-def code_patch(model_name: str, code: int) -> np.ndarray:
-    """The code tiled over the whole token grid, decoded: what the code looks like."""
+@lru_cache(maxsize=512)
+def code_patch(model_name: str, code: int, size: int = 112) -> np.ndarray:
+    """The code tiled over the whole token grid, decoded: what the code looks like (a size-px thumbnail, so
+    the cache stays small for 256-px LlamaGen images: at most 512 x 37 KB)."""
     model = get_model(model_name)
     with GATE.use():
-        return model.decode_tokens(torch.full((model.info.num_tokens,), int(code)))
+        image = model.decode_tokens(torch.full((model.info.num_tokens,), int(code)))
+    if max(image.shape[:2]) <= size:
+        return upscale(image, size)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BOX))
 
 
 # -- request plumbing ------------------------------------------------------------------------------------------
@@ -315,7 +319,7 @@ def explore_codebook(model_name: str, space: str, colour_by: str, code, k, posit
             highlight = codebook.code_highlight(emb, code, k, current, pos)
         except ValueError as e:
             raise ValueError(f"Codebook: {e}") from e
-        gallery = [(upscale(code_patch(model_name, c), 112), caption) for c, caption in highlight.gallery()]
+        gallery = [(code_patch(model_name, c), caption) for c, caption in highlight.gallery()]
     fig = codebook.codebook_figure(xy, stats, colour_by, highlight, method, space)
     summary = codebook.code_summary(stats, code) if stats else {"code": code, "note": "no traces yet in this session"}
     summary |= highlight.summary()
