@@ -86,6 +86,8 @@ def outside_values(spec: ParamSpec) -> list:
         values = ["not-a-choice"]
     elif spec.kind is bool:
         values = ["yes", 1]
+    elif spec.kind is str:
+        values = []  # free text: no range to leave
     else:
         step = 1 if m.integer or spec.kind is int else 1e-6
         values = [float("nan"), "1"]
