@@ -69,7 +69,14 @@ class Resolution:
 
 @dataclass
 class SpeculativeJacobi(Decoder):
-    """Base of the Jacobi-window decoders; on its own it is SJD's exact rule (see `sjd.py`)."""
+    """Base of the Jacobi-window decoders; on its own it is SJD's exact rule (see `sjd.py`).
+
+    `uniform_q` (every Jacobi decoder, off by default as in the official SJD code): a fresh random draft
+    is scored with the uniform q = 1/V it was drawn from, as SJD-PAC does (KangJialiang/SJD-PAC,
+    `scheduler/sjd_pac_iteration_lumina_mgpt.py`, `get_multi_token_for_preparation`), instead of a
+    one-hot q: it is accepted with probability min(1, V p(x)), on average 1 - TV(p, uniform), rather
+    than p(x); still lossless. Random drafts only: a copied neighbour ('horizontal', 'vertical') is a
+    deterministic draft, so uniform_q with those inits is refused."""
 
     family = "jacobi"
     window: int = param(16, "tokens fed per forward pass, the last committed one included (official SJD: 16)",
