@@ -143,10 +143,13 @@ class KNNTables:
     """What precision/recall/density/coverage need, computed once per (real, fake) pair so that a
     bootstrap resample of the generated set only indexes into it."""
 
-    real_radius_pr: np.ndarray  # [M] k=3 radii of the real samples
-    real_radius_dc: np.ndarray  # [M] k=5 radii
+    real_radius_pr: np.ndarray  # [M] k_pr-th neighbour radii of the real samples
+    real_radius_dc: np.ndarray  # [M] k_dc-th
     d_real_fake: np.ndarray  # [M, N]
     d_fake_fake: np.ndarray  # [N, N]
+    fake_order: np.ndarray  # [N, C] each fake's nearest other fakes, nearest first (C = min(N - 1, 64))
+    fake_in_real: np.ndarray  # [N] bool: inside some real k_pr-NN ball (precision, per sample)
+    fake_dc_count: np.ndarray  # [N] number of real k_dc-NN balls holding it (density, per sample)
     k_pr: int
     k_dc: int
 
@@ -167,8 +170,35 @@ def self_radii(x: np.ndarray, ks: tuple[int, ...], chunk: int = 1024) -> list[np
 
 def knn_tables(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5) -> KNNTables:
     real, fake = _as_features(real, "real"), _as_features(fake, "fake")
+    if k_pr >= len(fake):
+        raise ValueError(f"k = {k_pr} nearest neighbours need more than {k_pr} samples, got {len(fake)}")
     radius_pr, radius_dc = self_radii(real, (k_pr, k_dc))
-    return KNNTables(radius_pr, radius_dc, pairwise_distances(real, fake), pairwise_distances(fake, fake), k_pr, k_dc)
+    d_rf, d_ff = pairwise_distances(real, fake), pairwise_distances(fake, fake)
+    others = d_ff.astype(np.float64)
+    np.fill_diagonal(others, np.inf)
+    columns = min(len(fake) - 1, 64)
+    order = np.argpartition(others, columns - 1, axis=1)[:, :columns]
+    order = np.take_along_axis(order, np.argsort(np.take_along_axis(others, order, 1), axis=1, kind="stable"), 1)
+    return KNNTables(radius_pr, radius_dc, d_rf, d_ff, order, (d_rf <= radius_pr[:, None]).any(0),
+                     (d_rf <= radius_dc[:, None]).sum(0), k_pr, k_dc)
+
+
+def resample_fake_radius(t: KNNTables, distinct: np.ndarray) -> np.ndarray:
+    """[len(distinct)]: each distinct sample's k_pr-th nearest neighbour among the other distinct samples
+    of a resample: the k-th of its precomputed nearest fakes present in the resample, or, when fewer
+    than k of those are present, from the full distance row."""
+    present = np.zeros(len(t.d_fake_fake), bool)
+    present[distinct] = True
+    order = t.fake_order[distinct]  # [S, C]
+    count = present[order].cumsum(1)
+    found = count[:, -1] >= t.k_pr
+    pick = order[np.arange(len(distinct)), (count >= t.k_pr).argmax(1)]
+    radius = t.d_fake_fake[distinct, pick].astype(np.float64)
+    for row in np.flatnonzero(~found):  # rare: most of its nearest fakes were left out of the resample
+        d = t.d_fake_fake[distinct[row], distinct].astype(np.float64)
+        d[row] = np.inf
+        radius[row] = np.partition(d, t.k_pr - 1)[t.k_pr - 1]
+    return radius
 
 
 def knn_metrics_from_tables(t: KNNTables, idx: np.ndarray | None = None) -> dict[str, float]:
@@ -179,14 +209,14 @@ def knn_metrics_from_tables(t: KNNTables, idx: np.ndarray | None = None) -> dict
     recall    = share of reals inside some fake k-NN ball (the fake radii of a resample are those
                 among its distinct samples: copies of a sample are not its neighbours);
     density   = (1 / k_dc) * mean over fakes of the number of real k-NN balls (k = k_dc) holding it;
-    coverage  = share of reals whose nearest fake lies inside their own k-NN ball (k = k_dc)."""
+    coverage  = share of reals whose nearest fake lies inside their own k-NN ball (k = k_dc).
+    Recall and coverage depend only on which samples are present, not on how often."""
     idx = np.arange(t.d_fake_fake.shape[0]) if idx is None else np.asarray(idx)
-    d_rf = t.d_real_fake[:, idx]  # [M, n]
-    distinct, inverse = np.unique(idx, return_inverse=True)
-    fake_radius = kth_neighbour_radius(t.d_fake_fake[np.ix_(distinct, distinct)], t.k_pr)[inverse]
-    return {"precision": float((d_rf <= t.real_radius_pr[:, None]).any(0).mean()),
-            "recall": float((d_rf <= fake_radius[None, :]).any(1).mean()),
-            "density": float((d_rf <= t.real_radius_dc[:, None]).sum(0).mean() / t.k_dc),
+    distinct = np.unique(idx)
+    d_rf = t.d_real_fake[:, distinct]  # [M, S]
+    return {"precision": float(t.fake_in_real[idx].mean()),
+            "recall": float((d_rf <= resample_fake_radius(t, distinct)[None, :]).any(1).mean()),
+            "density": float(t.fake_dc_count[idx].mean() / t.k_dc),
             "coverage": float((d_rf.min(1) <= t.real_radius_dc).mean())}
 
 
@@ -214,22 +244,26 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float | dict], n: int, 
 
 def kid_full_resample(kxx: np.ndarray, yy_term: float, kxy_row_mean: np.ndarray, idx: np.ndarray) -> float:
     """Unbiased MMD^2 of the resampled generated set `idx` against the whole reference: pairs of copies
-    of one sample are left out of the fake-fake term, as the diagonal is in `mmd2_unbiased`."""
-    sub = kxx[np.ix_(idx, idx)]
-    distinct = idx[:, None] != idx[None, :]
-    return float(sub[distinct].mean() + yy_term - 2 * kxy_row_mean[idx].mean())
+    of one sample are left out of the fake-fake term, as the diagonal is in `mmd2_unbiased`. With c_i
+    the copies of sample i: sum over such pairs = c'Kc - sum_i c_i^2 K_ii, over n^2 - sum_i c_i^2 pairs."""
+    c = np.bincount(idx, minlength=len(kxx)).astype(np.float64)
+    pairs = len(idx) ** 2 - (c * c).sum()
+    xx = (c @ kxx @ c - (c * c * np.diag(kxx)).sum()) / pairs
+    return float(xx + yy_term - 2 * kxy_row_mean[idx].mean())
 
 
 def distribution_metrics(real: np.ndarray, fake: np.ndarray, hits: np.ndarray | None = None,
                          resamples: int = 200, seed: int = 0, kid_subsets: int = 100,
-                         kid_subset_size: int = 1000, prdc_real: np.ndarray | None = None) -> dict:
+                         kid_subset_size: int = 1000, prdc_real: np.ndarray | None = None,
+                         real_kernel_mean: float | None = None) -> dict:
     """Every feature-space metric of `fake` against `real`, each with its bootstrap 95% interval.
     hits: [N] bool, the classifier's argmax == the requested class (class-consistency), optional.
     KID's point value follows Bińkowski's subsets; its interval resamples the full-set unbiased MMD^2.
     FD is biased upwards at finite N, and more so on a resample (its copies make it a smaller
     sample), so FD's percentile interval can sit above its point value: read it as the spread.
     Precision/recall/density/coverage compare against `prdc_real` (default `real`; Naeem et al. use
-    as many real as generated samples)."""
+    as many real as generated samples). real_kernel_mean: `offdiagonal_mean(real)` when already known
+    (it is the same for every decoder compared against one reference)."""
     real, fake = _as_features(real, "real"), _as_features(fake, "fake")
     n = len(fake)
     mu_r, s_r = gaussian_stats(real)
@@ -238,7 +272,8 @@ def distribution_metrics(real: np.ndarray, fake: np.ndarray, hits: np.ndarray | 
     fd_ci = bootstrap_interval(lambda i: frechet_from_stats(mu_r, s_r, *gaussian_stats(fake[i])), n, resamples, seed)
     out["fd"], out["fd_ci"] = fd, fd_ci
     kid_mean, kid_std = kid(real, fake, kid_subsets, kid_subset_size, seed)
-    kxx, yy, kxy_row = polynomial_kernel(fake, fake), offdiagonal_mean(real), cross_row_mean(fake, real)
+    yy = offdiagonal_mean(real) if real_kernel_mean is None else real_kernel_mean
+    kxx, kxy_row = polynomial_kernel(fake, fake), cross_row_mean(fake, real)
     out["kid"], out["kid_std"] = kid_mean, kid_std
     out["kid_ci"] = bootstrap_interval(lambda i: kid_full_resample(kxx, yy, kxy_row, i), n, resamples, seed)
     tables = knn_tables(real if prdc_real is None else prdc_real, fake)

@@ -55,6 +55,15 @@ def test_mmd2_unbiased_equals_its_double_sum():
     assert metrics.cross_row_mean(x, y, chunk=2) == pytest.approx(k(x, y).mean(1))
 
 
+def test_kid_resample_leaves_out_pairs_of_copies():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(6, 3))
+    kxx = metrics.polynomial_kernel(x, x)
+    idx = np.array([0, 0, 2, 3, 3, 3, 5])
+    distinct_pairs = [kxx[a, b] for a, b in itertools.product(idx, idx) if a != b]
+    assert metrics.kid_full_resample(kxx, 0.0, np.zeros(6), idx) == pytest.approx(np.mean(distinct_pairs))
+
+
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
     rng = np.random.default_rng(4)
     real = rng.normal(size=(600, 8))
@@ -114,6 +123,17 @@ def test_knn_bootstrap_resample_ignores_copies_of_a_sample():
     assert with_copies["recall"] == pytest.approx(plain["recall"])
     assert with_copies["coverage"] == pytest.approx(plain["coverage"])
     assert with_copies["precision"] == pytest.approx(metrics.knn_metrics(real, fake[idx])["precision"])
+
+
+def test_resample_radius_falls_back_when_its_near_neighbours_are_missing():
+    """With more than 64 fakes the precomputed neighbour lists are cut; a resample that leaves out a
+    sample's whole list must still find its radius among the samples present."""
+    rng = np.random.default_rng(11)
+    real, fake = rng.normal(size=(80, 2)), rng.normal(size=(90, 2))
+    tables = metrics.knn_tables(real, fake)
+    keep = np.setdiff1d(np.arange(90), tables.fake_order[0])  # sample 0 without any of its 64 nearest
+    got = metrics.knn_metrics_from_tables(tables, keep)
+    assert got == pytest.approx(metrics.knn_metrics(real, fake[keep]))
 
 
 def test_self_radii_in_chunks_equal_the_full_matrix():
