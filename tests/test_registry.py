@@ -143,6 +143,8 @@ def test_model_bounds_against_the_bundled_model(bundled, name, param):
     bound = {"vocab_size": info.vocab_size, "num_tokens": info.num_tokens, "grid_width": info.grid_shape[1],
              "grid_height": info.grid_shape[0]}[spec.meta.model_bound]
     assert bound in (1024, 196)  # the bundled model: vocabulary 1024, 14 x 14 tokens
+    if spec.meta.high is not None:  # a fixed upper bound as well: the smaller one applies
+        bound = int(min(bound, spec.meta.high))
 
     def run(value):
         if name == "sampling":
