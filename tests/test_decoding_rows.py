@@ -20,6 +20,7 @@ from decoding.pjd import PJDDecoder
 from decoding.registry import make_decoder
 from decoding.rows import RowSchedule, Window, node_batch
 from decoding.sampling import SamplingSettings
+from decoding.trace import Trace
 from decoding.zipar import ZipARDecoder
 from models.registry import load_model
 
@@ -278,3 +279,25 @@ def test_zipar_context_is_what_the_official_cache_holds():
         stand_ins += sum(t != p for t, p in zip(call["tokens"], call["positions"]))  # token id != its position
         fed_before[pos] = True
     assert stand_ins == width - 2  # rows 2 .. W-1 start on a stand-in
+
+
+@pytest.mark.parametrize("decoder", [ZipARDecoder(local_window=2), PJDDecoder(window=3, row_start=2),
+                                     PJDDecoder(window=2, row_start=1)], ids=["zipar", "pjd", "pjd-short"])
+def test_row_traces_keep_the_trace_contract(model, decoder):
+    """What the chain contract says, per row: each pass commits, in every row it touches, the positions
+    right after that row's previous commits; the accepted drafts of a row are its committed prefix."""
+    width, n = model.info.grid_shape[1], model.info.num_tokens
+    trace = decoder.generate(model, 5, SAMPLED, seed=2).trace
+    trace.validate()
+    assert trace.mean_accepted_length == pytest.approx(n / trace.nfe)
+    next_in_row = [r * width for r in range(model.info.grid_shape[0])]
+    for s in trace.steps:
+        assert len(s.committed_positions) >= 1  # every pass commits at least one token
+        for pos in s.committed_positions:
+            assert pos == next_in_row[pos // width]
+            next_in_row[pos // width] += 1
+        assert s.n_accepted == sum(k == "draft" for k in s.committed_kinds)
+        accepted = [pos for pos, on in zip(s.positions, s.on_path) if on]
+        assert accepted == [p for p, k in zip(s.committed_positions, s.committed_kinds) if k == "draft"]
+        assert s.on_path == s.accepted and all(0.0 <= a <= 1.0 for a in s.accept_prob)
+    assert Trace.from_json(trace.to_json()).to_dict() == trace.to_dict()  # JSON round trip
