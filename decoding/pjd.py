@@ -82,9 +82,10 @@ class PJDDecoder(Decoder):
     paper = "Liao et al., CVPR 2026 (arXiv 2606.05703)"
     paper_url = "https://arxiv.org/abs/2606.05703"
     window: int = param(8, "nodes fed per row and pass, the row's latest token included (official window_size 8)",
-                        low=2, integer=True)
+                        low=2, high=1024, integer=True)
     row_start: int = param(8, "tokens of the row above committed before a row starts (official long_size 9 counts "
-                           "Lumina-mGPT's line-break token; >= grid width: one row at a time)", low=1, integer=True)
+                           "Lumina-mGPT's line-break token; >= grid width: one row at a time)", low=1, high=1024,
+                           integer=True)
 
     def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
                 recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:

@@ -56,7 +56,7 @@ class ZipARDecoder(Decoder):
     paper = "He et al., 2024 (arXiv 2412.04062)"
     paper_url = "https://arxiv.org/abs/2412.04062"
     local_window: int = param(8, "tokens of the row above decoded before a row starts (official zipar_window_size "
-                              "8 for LlamaGen; >= grid width: plain AR)", low=1, integer=True)
+                              "8 for LlamaGen; >= grid width: plain AR)", low=1, high=1024, integer=True)
 
     def start_after(self, height: int, width: int) -> list[int]:
         """Tokens of row r needed before row r + 1 starts: row 0 whole (official), then local_window."""
