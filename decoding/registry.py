@@ -11,19 +11,25 @@ import importlib
 
 from decoding.ar import ARDecoder
 from decoding.base import Decoder
+from decoding.eagle import EagleDecoder
 from decoding.gsd import GSDDecoder
 from decoding.jacobi import JacobiDecoder
 from decoding.lantern import LanternDecoder
+from decoding.lantern_eagle import LanternEagleDecoder
+from decoding.medusa import MedusaDecoder
 from decoding.params import ParamSpec, describe
 from decoding.pjd import PJDDecoder
 from decoding.sjd import SJDDecoder
 from decoding.sjd_coupled import SJDCoupledDecoder
 from decoding.sjd_pac import SJDPACDecoder
+from decoding.speclens import SpecLensDecoder
+from decoding.speclens_relaxed import SpecLensRelaxedDecoder
 from decoding.zipar import ZipARDecoder
 
 DECODERS: dict[str, type[Decoder]] = {
     cls.name: cls for cls in (ARDecoder, JacobiDecoder, SJDDecoder, LanternDecoder, GSDDecoder, SJDCoupledDecoder,
-                              SJDPACDecoder, ZipARDecoder, PJDDecoder)
+                              SJDPACDecoder, ZipARDecoder, PJDDecoder, SpecLensDecoder, SpecLensRelaxedDecoder,
+                              EagleDecoder, LanternEagleDecoder, MedusaDecoder)
 }
 
 

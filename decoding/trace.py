@@ -21,7 +21,10 @@ Definitions (used everywhere, stated once):
   (= N / NFE); `mean_accepted_drafts` counts accepted drafts only (bonus excluded), per pass.
 - Wall time is split into model forward (target calls), decoder overhead (everything else in
   the decoding loop: drafting, verification, sampling, bookkeeping) and VQ decode (tokens ->
-  pixels). Warm-up runs are not traced; on GPU each span is synchronised.
+  pixels). A decoder with a separate drafter model records its forwards and time per step
+  (`draft_forwards`, `draft_s`, part of the overhead); the summary then splits the time into
+  draft / verify (target forwards) / decoder logic (the rest of the overhead) / VQ decode.
+  Warm-up runs are not traced; on GPU each span is synchronised.
 """
 from __future__ import annotations
 
@@ -136,6 +139,15 @@ class Trace:
     def total_s(self) -> float:
         return self.forward_s + self.overhead_s + self.vq_decode_s
 
+    @property
+    def draft_s(self) -> float:
+        """Wall time of a separate drafter model (EAGLE, Medusa), part of overhead_s."""
+        return sum(s.draft_s for s in self.steps)
+
+    @property
+    def draft_forwards(self) -> int:
+        return sum(s.draft_forwards for s in self.steps)
+
     def kind_counts(self) -> dict[str, int]:
         return {k: self.commit_kind.count(k) for k in COMMIT_KINDS}
 
@@ -147,6 +159,9 @@ class Trace:
             "mean_accepted_drafts": round(self.mean_accepted_drafts, 4),
             "forward_s": round(self.forward_s, 5), "overhead_s": round(self.overhead_s, 5),
             "vq_decode_s": round(self.vq_decode_s, 5), "total_s": round(self.total_s, 5),
+            # the wall-time split draft / verify (target forwards) / decoder logic / VQ decode
+            "draft_forwards": self.draft_forwards, "draft_s": round(self.draft_s, 5),
+            "verify_s": round(self.forward_s, 5), "logic_s": round(max(0.0, self.overhead_s - self.draft_s), 5),
             **{f"n_{k}": v for k, v in self.kind_counts().items()},
         }
 

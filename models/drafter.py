@@ -259,3 +259,36 @@ def target_hidden(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor) -> torch
         h = h + layer.attention(layer.attention_norm(h), freqs)
         h = h + layer.feed_forward(layer.ffn_norm(h))
     return gpt.norm(h)[:, gpt.cls_token_num - 1:]
+
+
+DRAFTER_SOURCES = ("auto", "trained", "random")
+_LOADED: dict[tuple, tuple[GPT, nn.Module]] = {}
+
+
+def drafter_for(model, kind: str, source: str = "auto") -> EagleDrafter | MedusaHeads:
+    """The drafter of `kind` for an `ARImageModel`: "trained" its registered checkpoint
+    (`models.registry.DRAFTERS`), "random" an untrained seeded one, "auto" trained if the model has one.
+    Loaded once per target GPT and kind."""
+    if kind not in DRAFTER_KINDS:
+        raise ValueError(f"drafter kind must be one of {DRAFTER_KINDS}, got {kind!r}")
+    if source not in DRAFTER_SOURCES:
+        raise ValueError(f"drafter source must be one of {DRAFTER_SOURCES}, got {source!r}")
+    from models.registry import ASSETS, DRAFTERS
+
+    name = model.info.name
+    filename = DRAFTERS.get(name, {}).get(kind)
+    path = ASSETS / filename if filename else None
+    available = path is not None and path.is_file()
+    if source == "trained" and not available:
+        raise ValueError(f"model {name!r} has no trained {kind} drafter"
+                         + (f" ({path} is missing)" if path else "")
+                         + "; train one with python -m models.train_drafter, or use drafter='random'")
+    trained = source == "trained" or (source == "auto" and available)
+    key = (id(model.gpt), kind, trained)
+    cached = _LOADED.get(key)
+    if cached is not None and cached[0] is model.gpt:
+        return cached[1]
+    drafter = load_drafter(path, model.gpt) if trained else random_drafter(model.gpt, kind)
+    drafter = drafter.to(model.device).attach(model.gpt)
+    _LOADED[key] = (model.gpt, drafter)
+    return drafter

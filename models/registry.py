@@ -75,6 +75,11 @@ MODELS: dict[str, ModelSpec] = {
     ]
 }
 
+# Trained drafters shipped in assets/ per target model (models/drafter.py, python -m models.train_drafter).
+DRAFTERS: dict[str, dict[str, str]] = {
+    DEFAULT_MODEL: {"eagle": "fashion_mnist_eagle.pt", "medusa": "fashion_mnist_medusa.pt"},
+}
+
 
 def weights_dir() -> Path:
     return weights_dir_setting()

@@ -4,8 +4,8 @@
     python -m models.train_drafter --model fashion-mnist --data runs/drafter-data --out runs/eagle
     python -m models.train_drafter --kind medusa --model fashion-mnist --data runs/drafter-data --out runs/medusa
 
-The target is frozen; its hidden states are recomputed teacher-forced for each batch, for both CFG halves
-(the sample's class and the null class), since the drafter drafts both halves.
+The target is frozen; its hidden states are computed teacher-forced once at the start (fp16 in memory, both
+CFG halves: the sample's class and the null class, since the drafter drafts both halves).
 - EAGLE loss (Li et al. 2024; LANTERN `entrypoints/train_drafter/main.py`): smooth-L1 between the predicted
   and the target's next hidden state, plus `--p-weight` (0.1) times the cross-entropy of the head's
   distribution on the predicted state against the head's distribution on the true state; uniform noise of
@@ -64,9 +64,24 @@ def both_halves(gpt, labels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.
     return target_hidden(gpt, torch.cat([labels, null]), both), both
 
 
-def eagle_loss(drafter, gpt, labels, tokens, args, gen=None) -> tuple[torch.Tensor, float]:
+@torch.no_grad()
+def features(gpt, labels: torch.Tensor, tokens: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """The target's hidden states of every sample, both CFG halves, computed once: fp16 [M, 2, N, dim]."""
+    out = []
+    for i in range(0, len(labels), batch):
+        hidden, _ = both_halves(gpt, labels[i:i + batch], tokens[i:i + batch])  # [2b, N, dim]
+        out.append(torch.stack(hidden.half().chunk(2), dim=1))
+    return torch.cat(out)
+
+
+def halves(feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, 2, N, dim], [B, N] -> hidden [2B, N, dim] ([cond; uncond]) in float32, tokens [2B, N]."""
+    return torch.cat([feats[:, 0], feats[:, 1]]).float(), torch.cat([tokens, tokens])
+
+
+def eagle_loss(drafter, feats, tokens, args, gen=None) -> tuple[torch.Tensor, float]:
     """(loss, top-1 agreement of the drafted head output with the target's) over positions 1..N-2."""
-    hidden, tokens = both_halves(gpt, labels, tokens)  # h[:, i] predicts token i
+    hidden, tokens = halves(feats, tokens)  # h[:, i] predicts token i
     n = tokens.shape[1]
     inputs = hidden[:, 1:n - 1]
     if gen is not None and args.noise > 0:
@@ -82,9 +97,9 @@ def eagle_loss(drafter, gpt, labels, tokens, args, gen=None) -> tuple[torch.Tens
     return v_loss + args.p_weight * p_loss, agree
 
 
-def medusa_loss(heads, gpt, labels, tokens, args, gen=None) -> tuple[torch.Tensor, float]:
+def medusa_loss(heads, feats, tokens, args, gen=None) -> tuple[torch.Tensor, float]:
     """(loss, top-1 accuracy of head 1) of head k on hidden[:, i] against token i+k."""
-    hidden, tokens = both_halves(gpt, labels, tokens)
+    hidden, tokens = halves(feats, tokens)
     logits = heads(hidden)  # [n, 2B, N, V]
     total, acc = 0.0, 0.0
     for k in range(1, len(logits) + 1):
@@ -104,9 +119,10 @@ def main(argv=None) -> None:
     for p in gpt.parameters():
         p.requires_grad_(False)
     labels, tokens = load_data(args.data)
-    n_val = max(1, min(256, len(labels) // 8))
-    val_y, val_t = labels[-n_val:].to(args.device), tokens[-n_val:].to(args.device)
-    tr_y, tr_t = labels[:-n_val], tokens[:-n_val]
+    n_val = max(1, min(64, len(labels) // 8))
+    feats = features(gpt, labels.to(args.device), tokens.to(args.device))  # [M, 2, N, dim] fp16
+    tokens = tokens.to(args.device)
+    val_f, val_t, tr_f, tr_t = feats[-n_val:], tokens[-n_val:], feats[:-n_val], tokens[:-n_val]
     cfg = DrafterConfig.for_target(gpt, args.kind, args.medusa_heads)
     drafter = build_drafter(cfg).to(args.device)
     if args.kind == "medusa":
@@ -122,9 +138,9 @@ def main(argv=None) -> None:
         while step < args.max_steps and time.time() - t0 < args.minutes * 60:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, args)
-            idx = torch.randint(0, len(tr_y), (args.batch,), generator=gen)
+            idx = torch.randint(0, len(tr_t), (args.batch,), generator=gen).to(args.device)
             drafter.train()
-            loss, agree = loss_fn(drafter, gpt, tr_y[idx].to(args.device), tr_t[idx].to(args.device), args, noise_gen)
+            loss, agree = loss_fn(drafter, tr_f[idx], tr_t[idx], args, noise_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(drafter.parameters(), 0.5)
@@ -132,7 +148,7 @@ def main(argv=None) -> None:
             step += 1
             if step % args.save_every == 0 or step == 1 or step == args.max_steps:
                 record = {"step": step, "train_loss": round(loss.item(), 4), "train_top1": round(agree, 4),
-                          **evaluate(drafter, gpt, val_y, val_t, args, loss_fn), "lr": round(lr_at(step, args), 7),
+                          **evaluate(drafter, val_f, val_t, args, loss_fn), "lr": round(lr_at(step, args), 7),
                           "elapsed_s": round(time.time() - t0, 1)}
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -141,11 +157,11 @@ def main(argv=None) -> None:
 
 
 @torch.no_grad()
-def evaluate(drafter, gpt, labels, tokens, args, loss_fn) -> dict:
+def evaluate(drafter, feats, tokens, args, loss_fn) -> dict:
     drafter.eval()
     losses, agrees = [], []
-    for i in range(0, len(labels), 32):
-        loss, agree = loss_fn(drafter, gpt, labels[i:i + 32], tokens[i:i + 32], args)
+    for i in range(0, len(tokens), 32):
+        loss, agree = loss_fn(drafter, feats[i:i + 32], tokens[i:i + 32], args)
         losses.append(loss.item())
         agrees.append(agree)
     return {"val_loss": round(sum(losses) / len(losses), 4), "val_top1": round(sum(agrees) / len(agrees), 4)}
