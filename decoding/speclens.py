@@ -1,0 +1,177 @@
+"""SpecLens (ours): SJD-PAC's tree and continuation, uniform q, and a hardware-aware chain, lossless.
+
+Notation: p = target distribution (this pass), q = draft distribution (the one a draft was drawn from).
+
+What it combines, and why (each piece is someone else's rule, called, not copied):
+- SJD-PAC (Kang et al., CVPR 2026, `sjd_pac.py`, `rules/tree.py`): a K-ary draft tree at the next
+  `tree_depth - 1` positions, siblings verified by recursive rejection sampling, and Adaptive
+  Continuation: the drafts after the committed ones kept or redrawn by the maximal coupling (SCD,
+  arXiv 2510.24211, `rules/coupling.py`), so they stop flickering between passes.
+- uniform q for fresh random drafts (SJD-PAC's `get_multi_token_for_preparation`): accepted with
+  probability min(1, V p(x)) instead of p(x).
+- The hardware-aware window (`window_policy.py`, SpecLens's own): before each pass the length of the
+  main chain after the tree is the one, up to `window` fed nodes, with the most expected committed
+  tokens per second of this machine's measured forward cost, from the running per-level acceptance.
+  On a GPU (flat cost) that is the whole window; on a CPU, where 64 nodes cost ~4x one token, shorter.
+
+The measurement that chose the defaults (fashion-mnist, classes 0, 3, 7, seed 0, one thread, a loaded
+shared 2-core machine; step compression = tokens / NFE): sjd-coupled 2.75, sjd-coupled + uniform q 3.03,
+the same at window 32: 3.65; sjd-pac (K 3, D 3) at window 16: 1.87, 32: 3.38, 64: 4.20; sjd-pac K 2, D 2 at
+window 24: 3.11, 32: 3.52. A K = 3 tree eats 13 of a short window's nodes, and a chain node after it is
+worth more than a sibling, so the default tree is small (K = 2, D = 2: 3 nodes) and the rest of the window
+is chain; the long window wins in steps, the hardware policy cuts it where the CPU's cost says so.
+
+Lossless: given the passes before it, every pass is SJD-PAC's lossless pass with a fixed tree and chain;
+the chain length is a function of those earlier passes (their accepted levels) and of the cost curve,
+never of this pass's drafts, samples or uniforms (the argument of `window_policy.py`).
+tests/test_decoding_lossless.py checks it with the chi-square test.
+
+Known differences and simplifications:
+- The loop is SJD-PAC's (`SJDPACDecoder._decode`) with the chain length chosen per pass; sjd_pac.py has
+  no hook for a per-pass length, so the loop is restated here around its helpers (`_extend`,
+  `_candidates`, `_continue`, `_node_drafts`, `_pass_log`).
+- The cost curve is measured with chain forwards (`forward_window`) of 1..min(window, tokens) tokens and
+  read at the fed node count (a tree forward of T nodes is taken to cost a chain of T); a tree wider
+  than the grid (tiny test models only) is read at the curve's last entry.
+- Acceptance is pooled over tree levels (a geometric model): accepted levels / verified levels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from decoding.base import Clock, ModelLike, TraceRecorder
+from decoding.params import param, validate_for_model
+from decoding.rules.tree import Tree, TreeVerdict, build_tree, full_tree_size
+from decoding.sampling import SamplingSettings, logits_to_probs, sample
+from decoding.sjd_pac import Pending, SJDPACDecoder, _node_drafts, _pass_log
+from decoding.window_policy import WINDOW_POLICIES, AcceptanceEstimate, cost_curve, expected_tokens
+from decoding.window_trace import PassLog, record_passes
+
+
+def chain_length(cost: tuple[float, ...], acceptance: float, tree_nodes: int, tree_levels: int,
+                 max_chain: int) -> int:
+    """The chain length c in [c_min, max_chain] maximising expected committed tokens per second: a pass
+    over `tree_levels + c` levels commits expected_tokens(acceptance, levels + 1) tokens and feeds
+    `tree_nodes + c` nodes (root included), costing cost[nodes - 1] (the last entry past the curve's end).
+    c_min = 1 without a tree (a pass needs a draft). The shortest on ties."""
+    low = 0 if tree_levels > 0 else 1
+    if max_chain <= low:
+        return max_chain
+    rates = [expected_tokens(acceptance, tree_levels + c + 1) / cost[min(tree_nodes + c, len(cost)) - 1]
+             for c in range(low, max_chain + 1)]
+    return low + rates.index(max(rates))
+
+
+@dataclass
+class SpecLensDecoder(SJDPACDecoder):
+    """SJD-PAC's `window`, `tree_width`, `tree_depth`, `uniform_q`, plus `window_policy`."""
+
+    name = "speclens"
+    lossless = True
+    family = "tree"
+    summary = ("SpecLens's own: SJD-PAC's small draft tree and coupled continuation, uniform q for fresh drafts, "
+               "and a main chain cut per pass to this machine's measured forward cost")
+    paper = ("SpecLens (ours): combines SJD-PAC (arXiv 2603.18599), SCD's maximal coupling (arXiv 2510.24211), "
+             "SJD (arXiv 2410.01699) and SpecLens's hardware-aware window")
+    paper_url = ""
+
+    window: int = param(64, "most nodes fed per forward pass: the last committed token, the tree and the main "
+                        "chain (the hardware policy may feed fewer)", low=2, high=512, integer=True)
+    tree_width: int = param(2, "candidates K per tree level (SJD-PAC's official 3)", low=1, high=8, integer=True)
+    tree_depth: int = param(2, "tree depth D, the root level included: D - 1 levels of K candidates "
+                            "(SJD-PAC's official 3)", low=1, high=5, integer=True)
+    uniform_q: bool = param(True, "score fresh random drafts with the uniform q they were drawn from (1/V) "
+                            "instead of a one-hot q", advanced=True)
+    window_policy: str = param("fixed", "main-chain length per pass: the whole `window`, or the length that "
+                               "maximises expected committed tokens per second from this machine's measured "
+                               "forward cost and the running acceptance (lossless; decoding/window_policy.py)",
+                               choices=WINDOW_POLICIES, advanced=True)
+
+    def generate(self, model: ModelLike, label: int, sampling: SamplingSettings | None = None, seed: int = 0,
+                 decode_image: bool = True):
+        if self.window_policy == "hardware":  # the cost curve is measured (once) before the decode clock starts
+            validate_for_model(self, model.info)
+            self._cost(model, sampling or SamplingSettings())
+        return super().generate(model, label, sampling, seed, decode_image)
+
+    def _cost(self, model: ModelLike, sampling: SamplingSettings) -> tuple[float, ...]:
+        return cost_curve(model, min(self.window, model.info.num_tokens), sampling.cfg_scale)
+
+    def verify_pass(self, tree: Tree, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, u: torch.Tensor,
+                    ctx: Any) -> TreeVerdict:
+        """The tree's verification with the decoder's ctx (SJD-PAC's exact one here; the relaxed variant
+        relaxes its targets)."""
+        return self.verify(tree, p, q, tokens, u)
+
+    def pass_log(self, step, start: int, tree: Tree, p: torch.Tensor, node_q: torch.Tensor, node_tokens: torch.Tensor,
+                 u: torch.Tensor, verdict: TreeVerdict, committed: torch.Tensor) -> PassLog:
+        """What the trace keeps of a pass (SJD-PAC's record; the relaxed variant adds its flags and groups)."""
+        return _pass_log(step, start, tree, p, node_q, node_tokens, u, verdict, committed)
+
+    def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
+                recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
+        info = model.info
+        n, vocab = info.num_tokens, info.vocab_size
+        tokens = torch.zeros(n, dtype=torch.long)
+
+        # prefill: the target of position 0 and one token from it
+        logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]
+        step = recorder.new_step(-1, 0)
+        p0 = logits_to_probs(logits[None], sampling)  # [1, V]
+        tokens[:1] = sample(p0, gen)
+        recorder.commit(step, torch.tensor([0]), tokens[:1], ["bonus"], p0)
+        recorder.close_step(step, clock)
+
+        done = 1
+        pending = Pending(torch.empty(0, dtype=torch.long), torch.empty(0, vocab), torch.empty(0, dtype=torch.bool))
+        passes: list[PassLog] = []
+        curve = self._cost(model, sampling) if self.window_policy == "hardware" else None
+        acceptance = AcceptanceEstimate()
+        while done < n:
+            # 1. levels: the tree's, then the main chain's, cut at the grid's end and, with the hardware
+            # policy, to the length this machine's cost curve and the earlier passes' acceptance favour
+            start = done - 1
+            tree_levels = min(self.tree_depth - 1, n - 1 - start)
+            tree_nodes = full_tree_size(self.tree_width, tree_levels)
+            chain = min(n - 1 - start - tree_levels, self.window - tree_nodes)
+            if curve is not None:
+                chain = chain_length(curve, acceptance.rate, tree_nodes, tree_levels, chain)
+            levels = tree_levels + chain
+            pending = self._extend(pending, done, levels, vocab, gen)
+
+            # 2. candidates, the tree, its nodes' tokens and q (SJD-PAC's proactive drafting)
+            cands, q_cands = self._candidates(pending, tree_levels, gen)  # [Lt, K], [Lt, K, V]
+            tree = build_tree(tuple((cands >= 0).sum(1).tolist()) + (1,) * chain, tree_levels)
+            node_tokens, node_q = _node_drafts(tree, tokens[start], cands, q_cands, pending, tree_levels)
+            positions = start + torch.tensor(tree.depths)  # [T]
+            main = torch.tensor(tree.main)
+            slots = torch.where(main, positions, n + (~main).long().cumsum(0) - 1)  # off-main: scratch slots
+
+            # 3. one forward over the tree
+            step = recorder.new_step(start, len(tree))
+            logits = clock.forward(lambda: model.forward_nodes(node_tokens, positions, tree.visible, start,
+                                                               slots=slots)).cpu()  # [T, V]
+            p = logits_to_probs(logits, sampling)  # [T, V]; row i = target of position positions[i] + 1
+            u = torch.rand(len(tree), generator=gen)  # [T] one uniform per node
+
+            # 4. verify, then the token after the accepted path
+            verdict = self.verify_pass(tree, p, node_q, node_tokens, u, ctx)
+            accepted = len(verdict.path)
+            acceptance.update(accepted, min(accepted + 1, levels))
+            final = sample(verdict.final[None], gen) if start + accepted + 1 < n else None  # [1]
+            committed = node_tokens[verdict.path] if final is None else torch.cat([node_tokens[verdict.path], final])
+            tokens[done:done + len(committed)] = committed
+            off_main = [i for i in verdict.path if not tree.main[i]]
+            if off_main:  # the accepted siblings' K/V to their canonical slots
+                model.copy_slots(slots[off_main], positions[off_main])
+            passes.append(self.pass_log(step, start, tree, p, node_q, node_tokens, u, verdict, committed))
+            recorder.close_step(step, clock)
+            done += len(committed)
+
+            # 5. adaptive continuation: the stale drafts after the committed ones, coupled to this pass's p
+            pending = self._continue(tree, verdict, p, node_q, node_tokens, u, pending, levels, gen)
+        record_passes(recorder.trace, passes)
+        return tokens
