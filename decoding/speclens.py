@@ -72,8 +72,8 @@ class SpecLensDecoder(SJDPACDecoder):
     name = "speclens"
     lossless = True
     family = "tree"
-    summary = ("SpecLens's own: SJD-PAC's small draft tree and coupled continuation, uniform q for fresh drafts, "
-               "and a main chain cut per pass to this machine's measured forward cost")
+    summary = ("SpecLens's own: SJD-PAC's coupled continuation with a small draft tree and a long chain, uniform q "
+               "for fresh drafts, optionally the chain cut per pass to this machine's measured forward cost")
     paper = ("SpecLens (ours): combines SJD-PAC (arXiv 2603.18599), SCD's maximal coupling (arXiv 2510.24211), "
              "SJD (arXiv 2410.01699) and SpecLens's hardware-aware window")
     paper_url = ""
