@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +47,14 @@ from decoding.sampling import SamplingSettings
 from decoding.sweep import BASELINE, Arm
 from decoding.trace import Trace
 
+Images = dict[str, list["ImageSummary | Trace"]]  # arm label -> its images, in plan order
+
 NOISE_FLOOR = "ar (other seeds)"
 FLOOR_SEED = 10**6
 MAX_SAMPLES = 100_000
 
 
-def ambiguity_stats(traces: list[Trace], threshold: float = 0.05) -> dict:
+def ambiguity_stats(traces: list, threshold: float = 0.05) -> dict:
     top1 = np.concatenate([np.asarray(t.commit_top1) for t in traces])
     entropy = np.concatenate([np.asarray(t.commit_entropy) for t in traces])
     return {"positions": int(top1.size), "share_top1_below": round(float((top1 < threshold).mean()), 4),
@@ -75,6 +78,32 @@ def sample_grid(images: list[np.ndarray], labels: list[int], class_names: tuple[
             tile = Image.fromarray(im).resize((w * scale, h * scale), Image.NEAREST)
             grid.paste(tile, (col * w * scale, header + row * h * scale))
     return grid
+
+
+@dataclass
+class ImageSummary:
+    """What the metrics read of one generated image (from a full trace or a compact record)."""
+
+    tokens: list[int]
+    label: int
+    nfe: int
+    num_tokens: int
+    total_s: float
+    commit_top1: list[float]
+    commit_entropy: list[float]
+
+    @property
+    def step_compression(self) -> float:
+        return self.num_tokens / max(1, self.nfe)
+
+    @classmethod
+    def from_record(cls, record: dict) -> ImageSummary:
+        if "trace" in record:
+            t = sweep.record_trace(record)
+            return cls(t.tokens, t.label, t.nfe, t.num_tokens, t.total_s, t.commit_top1, t.commit_entropy)
+        r = record["image"]
+        return cls(r["tokens"], r["label"], r["nfe"], r["num_tokens"], r["forward_s"] + r["overhead_s"] +
+                   r["vq_decode_s"], r["commit_top1"], r["commit_entropy"])
 
 
 # -- the arms -------------------------------------------------------------------------------------------------
@@ -112,7 +141,7 @@ def _interval_columns(row: dict) -> dict:
     return out
 
 
-def speed_columns(traces: list[Trace], ar_traces: list[Trace]) -> dict:
+def speed_columns(traces: list[ImageSummary | Trace], ar_traces: list[ImageSummary | Trace]) -> dict:
     total = float(np.mean([t.total_s for t in traces]))
     return {"step_compression": float(np.mean([t.step_compression for t in traces])),
             "nfe": float(np.mean([t.nfe for t in traces])),
@@ -121,7 +150,7 @@ def speed_columns(traces: list[Trace], ar_traces: list[Trace]) -> dict:
             "ambiguity": ambiguity_stats(traces)["share_top1_below"]}
 
 
-def evaluate_arms(arms: list[Arm], traces: dict[str, list[Trace]], vocab_size: int, decode=None, classifier=None,
+def evaluate_arms(arms: list[Arm], traces: Images, vocab_size: int, decode=None, classifier=None,
                   reference: np.ndarray | None = None, resamples: int = 200, seed: int = 0) -> list[dict]:
     """One row per arm. decode: tokens [N] -> uint8 image (needed with a classifier); classifier: with
     `.features(images)` and `.predict(images)`; reference: uint8 reference images. Without a classifier
@@ -218,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=1, help="untimed generations per decoder first (default 1)")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (this rank's GPU when there is one)")
     ap.add_argument("--threads", type=int, default=None, help="torch (and metrics' BLAS) CPU threads per rank")
+    ap.add_argument("--traces", action="store_true",
+                    help="record every image's whole trace in units/ (~100 KB each on the bundled model; "
+                         "default: a ~4 KB summary)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default="runs/quality", help="output folder; a run there is resumed")
     return ap
@@ -247,12 +279,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     rank, world = sweep.rank_and_world()
     bar = None if a.no_progress else sweep.ProgressBar(f"rank {rank}/{world} " if world > 1 else "")
     units = sweep.plan_units(arms, n, list(range(model.info.num_classes)))
-    records = sweep.run_units(model, units, sampling, a.out, bar, warmup=a.warmup)
+    records = sweep.run_units(model, units, sampling, a.out, bar, warmup=a.warmup, full_traces=a.traces)
     if not records:
         return None
-    traces: dict[str, list[Trace]] = {arm.label: [] for arm in arms}
+    traces: dict[str, list[ImageSummary]] = {arm.label: [] for arm in arms}
     for record in records:
-        traces[record["arm"]].append(sweep.record_trace(record))
+        traces[record["arm"]].append(ImageSummary.from_record(record))
     classifier = sweep.classifier_option(a.classifier, model)
     notes = []
     if classifier is None:
@@ -276,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     return report
 
 
-def add_inception_fid(a, model, arms: list[Arm], traces: dict[str, list[Trace]], report: dict) -> None:
+def add_inception_fid(a, model, arms: list[Arm], traces: Images, report: dict) -> None:
     if not a.inception_fid:
         if a.model.startswith("llamagen"):
             report["notes"].append("Inception FID: not requested (--inception-fid REF.npz; " +
@@ -291,7 +323,7 @@ def add_inception_fid(a, model, arms: list[Arm], traces: dict[str, list[Trace]],
         row["inception_fid"] = inception_fid(images, a.inception_fid, str(model.device))
 
 
-def write_quality_outputs(out: Path, report: dict, model, traces: dict[str, list[Trace]], grid_rows: int) -> None:
+def write_quality_outputs(out: Path, report: dict, model, traces: Images, grid_rows: int) -> None:
     from analysis import sweeps
 
     rows = report["rows"]
@@ -303,7 +335,8 @@ def write_quality_outputs(out: Path, report: dict, model, traces: dict[str, list
                                   f"{report['samples_per_decoder']} samples per decoder", floor=floor)
         atomic_write_bytes(out / "frontier.png", png)
     for label, ts in traces.items():
-        if ts and ts[0].grid_shape[0] * 2 <= 64:  # small images only (the bundled model); LlamaGen grids are large
+        images = [model.decode_tokens(torch.tensor(t.tokens)) for t in ts[:1]]
+        if images and images[0].shape[0] <= 64:  # small images only (the bundled model), not LlamaGen's
             images = [model.decode_tokens(torch.tensor(t.tokens)) for t in ts]
             grid = sample_grid(images, [t.label for t in ts], model.info.class_names, grid_rows)
             name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)

@@ -230,46 +230,60 @@ def format_seconds(s: float) -> str:
 # -- running -------------------------------------------------------------------------------------------------
 def run_units(model, units: list[Unit], sampling: SamplingSettings, out_dir: str | Path,
               progress: Progress | None = None, unit_context: Callable[[], Any] | None = None,
-              warmup: int = 1) -> list[dict]:
+              warmup: int = 1, full_traces: bool = True) -> list[dict]:
     """Run this process's share of `units` (skipping those already recorded in out_dir), wait for
     the other ranks, and return every record in plan order on rank 0 ([] on the other ranks).
 
-    unit_context: a context manager factory entered around each generation (the app's queue gate)."""
+    unit_context: a context manager factory entered around each generation (the app's queue gate);
+    full_traces: record each image's whole trace (~100 KB on the bundled model), else its compact
+    summary (`compact_record`, ~4 KB: what quality runs need)."""
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     rank, world = rank_and_world()
     store = UnitStore(out_dir)
+    specs = {u.key: u.spec(model.info.name, sampling) for u in units}
     with process_group(world, str(model.device)) as dist:
-        specs = {u.key: u.spec(model.info.name, sampling) for u in units}
-        done = store.records(specs)
-        mine = [u for u in shard(units, rank, world) if u.key not in done]
-        total = len(shard(units, rank, world))
+        mine = [u for u in shard(units, rank, world) if u.key not in store.records(specs)]
+        done_before = len(shard(units, rank, world)) - len(mine)
         decoders = {u.arm.label: make_decoder(u.arm.decoder, **u.arm.params) for u in units}
-        warm = {u.arm.label for u in mine}
-        for label in warm:  # untimed: builds caches, so the first unit's timing is not an outlier
+        for label in dict.fromkeys(u.arm.label for u in mine):  # untimed: builds caches first
             for i in range(warmup):
                 decoders[label].generate(model, units[0].label, sampling, seed=10**9 + i)
         writer = store.writer(rank)
         try:
             for n, unit in enumerate(mine):
                 with unit_context() if unit_context is not None else contextlib.nullcontext():
-                    result = decoders[unit.arm.label].generate(model, unit.label, sampling, seed=unit.seed)
+                    trace = decoders[unit.arm.label].generate(model, unit.label, sampling, seed=unit.seed).trace
                 writer.append({"key": unit.key, "arm": unit.arm.label, "index": unit.index, "rank": rank,
-                               "spec": specs[unit.key], "trace": result.trace.to_dict()})
+                               "spec": specs[unit.key],
+                               **({"trace": trace.to_dict()} if full_traces else {"image": compact_record(trace)})})
                 if progress is not None:
-                    progress(total - len(mine) + n + 1, total)
+                    progress(done_before + n + 1, done_before + len(mine))
         finally:
             writer.close()
         if dist is not None:
             dist.barrier()
-    if rank != 0:
-        return []
+    return merged_records(store, units, specs) if rank == 0 else []
+
+
+def merged_records(store: UnitStore, units: list[Unit], specs: dict[str, dict]) -> list[dict]:
     done = store.records(specs)
     missing = [u.key for u in units if u.key not in done]
     if missing:
         raise RuntimeError(f"{len(missing)} units have no record after the run (first: {missing[0]}); "
                            f"run again to finish them")
     return [done[u.key] for u in units]
+
+
+def compact_record(trace: Trace) -> dict:
+    """What the quality metrics read of an image: tokens, class, counts, times, and the target's
+    top-1 probability and entropy per position (rounded)."""
+    return {"tokens": trace.tokens, "label": trace.label, "seed": trace.seed, "decoder": trace.decoder,
+            "nfe": trace.nfe, "num_tokens": trace.num_tokens, "forward_s": trace.forward_s,
+            "overhead_s": trace.overhead_s, "vq_decode_s": trace.vq_decode_s,
+            "commit_top1": [round(v, 5) for v in trace.commit_top1],
+            "commit_entropy": [round(v, 5) for v in trace.commit_entropy],
+            "kinds": trace.kind_counts()}
 
 
 def record_trace(record: dict) -> Trace:

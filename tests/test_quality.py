@@ -87,12 +87,27 @@ def test_the_command_writes_and_resumes_on_the_tiny_model(tmp_path, capsys):
     assert any("no classifier" in n for n in report["notes"])
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["rows"][1]["position_tv"] == report["rows"][1]["position_tv"] and saved["fd_name"] == FD_NAME
-    lines = (tmp_path / "units" / "rank-0.jsonl").read_text().count("\n")
-    assert lines == 12
+    records = [json.loads(line) for line in (tmp_path / "units" / "rank-0.jsonl").read_text().splitlines()]
+    assert len(records) == 12 and all("image" in r and "trace" not in r for r in records)  # compact by default
     again = quality.main(args)
     assert (tmp_path / "units" / "rank-0.jsonl").read_text().count("\n") == 12  # nothing redone
     assert [r["position_tv"] for r in again["rows"][1:]] == [r["position_tv"] for r in report["rows"][1:]]
     assert "sjd:window=3" in capsys.readouterr().out
+
+
+def test_a_compact_record_reads_as_its_full_trace():
+    from decoding.registry import make_decoder
+    from decoding.sampling import SamplingSettings
+    from decoding.sweep import compact_record
+    from models.registry import load_model
+
+    trace = make_decoder("sjd", window=3).generate(load_model("tiny-fixture"), 1, SamplingSettings(), seed=4).trace
+    full = quality.ImageSummary.from_record({"trace": trace.to_dict()})
+    compact = quality.ImageSummary.from_record({"image": json.loads(json.dumps(compact_record(trace)))})
+    assert compact.tokens == full.tokens == trace.tokens and compact.nfe == full.nfe == trace.nfe
+    assert compact.step_compression == trace.step_compression and compact.label == 1
+    assert compact.total_s == pytest.approx(trace.total_s)
+    assert compact.commit_top1 == pytest.approx(full.commit_top1, abs=1e-5)  # rounded to 5 decimals
 
 
 def test_inception_fid_says_what_is_missing(tmp_path, monkeypatch):

@@ -72,7 +72,7 @@ def sweep_args(out: Path, model: str, values: str, images: int) -> list[str]:
             values, "--images", str(images), "--threads", "1", "--warmup", "0", "--no-progress", "--out", str(out)]
 
 
-def run(cmd: list[str], timeout: float = 60) -> None:
+def run(cmd: list[str], timeout: float = 120) -> None:  # ~10 s each on 2 idle cores; generous for a shared one
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -97,26 +97,26 @@ def test_two_torchrun_ranks_give_the_table_of_one_process(tmp_path):
 
 
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
-    """45 units of the tiny model (milliseconds each), killed once 8 are on disk."""
-    args = ("tiny-fixture", "2,3", 15)  # ar, sjd window 2 and 3: 45 units
+    """30 units of the tiny model (milliseconds each), killed once 6 are on disk."""
+    args = ("tiny-fixture", "2,3", 10)  # ar, sjd window 2 and 3: 30 units
     run([sys.executable, *sweep_args(tmp_path / "whole", *args)])
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, *sweep_args(out, *args)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     units = out / "units" / "rank-0.jsonl"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if units.exists() and units.read_text().count("\n") >= 8:
+        if units.exists() and units.read_text().count("\n") >= 6:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     written = units.read_text().count("\n")
-    assert 8 <= written < 45, f"the kill should land mid-run, {written} of 45 units were written"
+    assert 6 <= written < 30, f"the kill should land mid-run, {written} of 30 units were written"
     assert not (out / "table.json").exists()
     run([sys.executable, *sweep_args(out, *args)])
-    assert units.read_text().count("\n") == 45  # the finished units were not redone
+    assert units.read_text().count("\n") == 30  # the finished units were not redone
     assert merged(out) == merged(tmp_path / "whole")
 
 
