@@ -83,3 +83,18 @@ def test_near_zero_temperature_is_greedy(model, reference, temperature):
             assert torch.equal(result.tokens, reference[(i, LABELS[0])])
             assert result.trace.commit_p == [1.0] * model.info.num_tokens  # one-hot targets, no NaN
     assert not SamplingSettings(temperature=1e-4).greedy
+
+
+DRAFTER_FAMILY = [name for name in greedy_family() if DECODERS[name].family == "drafter"]
+DRAFT_SHAPES = [{"tree": "chain", "depth": 3}, {"tree": "static"}, {"tree": "dynamic", "top_k": 3, "total_token": 9}]
+DRAFTER_CASES = [(name, shape if name == "eagle" else {"tree": shape["tree"]}) for name in DRAFTER_FAMILY
+                 for shape in DRAFT_SHAPES if name == "eagle" or shape["tree"] != "dynamic"]  # medusa: no dynamic
+
+
+@pytest.mark.parametrize("name,shape", DRAFTER_CASES, ids=[f"{n}-{s['tree']}" for n, s in DRAFTER_CASES])
+def test_drafter_decoders_greedy_equal_ar(model, reference, name, shape):
+    """eagle / medusa with an untrained drafter: greedy drafts are verified by argmax, whatever they are."""
+    decoder = make_decoder(name, drafter="random", **shape)
+    for (i, label), ref in reference.items():
+        tokens = decoder.generate(model, label, GREEDY[i], seed=1, decode_image=False).tokens
+        assert torch.equal(tokens, ref), f"{name} {shape} label={label}"

@@ -9,7 +9,7 @@ with seeds 0..N_SAMPLES-1; sequences whose expected count is below 5 are pooled 
 
 False-alarm rate: each test rejects at p < ALPHA = 1e-3, so a correct decoder fails a given test
 with probability 1e-3 over the choice of seeds, and the whole file (LOSSLESS cases) with at most
-about 2% for its 20 cases. The seeds are fixed, so a run is reproducible: a failure is never flaky, it reproduces.
+about 2.1% for its 21 cases. The seeds are fixed, so a run is reproducible: a failure is never flaky, it reproduces.
 The test can fail: it rejects GSD and LANTERN set aggressively, and SJD with the classic bug of
 resampling from p instead of the residual after a rejection (with deterministic
 initial drafts; with uniform random ones that bug happens to cancel in the marginal).
@@ -51,6 +51,7 @@ LOSSLESS = [
     ("zipar", {"local_window": 2}, SAMPLING),  # a row waits for the complete row above (2-wide grid): AR
     ("sjd", {"window": 4, "window_policy": "hardware"}, SAMPLING),  # this machine's measured cost curve
     ("speclens", {}, TOP_K),
+    ("speclens", {"init": "vertical"}, SAMPLING),  # copied drafts (one-hot q), siblings from the uniform
     ("speclens", {"window": 4, "window_policy": "hardware"}, SAMPLING),  # the chain cut per pass to the cost curve
     # drafter decoders with an untrained (random) drafter: chain, static and dynamic trees
     ("eagle", {"tree": "chain", "depth": 3, "drafter": "random"}, SAMPLING),
