@@ -9,17 +9,21 @@ What it combines, and why (each piece is someone else's rule, called, not copied
   arXiv 2510.24211, `rules/coupling.py`), so they stop flickering between passes.
 - uniform q for fresh random drafts (SJD-PAC's `get_multi_token_for_preparation`): accepted with
   probability min(1, V p(x)) instead of p(x).
-- The hardware-aware window (`window_policy.py`, SpecLens's own): before each pass the length of the
-  main chain after the tree is the one, up to `window` fed nodes, with the most expected committed
-  tokens per second of this machine's measured forward cost, from the running per-level acceptance.
-  On a GPU (flat cost) that is the whole window; on a CPU, where 64 nodes cost ~4x one token, shorter.
+- The hardware-aware window (`window_policy.py`, SpecLens's own), as an option (`window_policy="hardware"`,
+  off by default, see below): before each pass the length of the main chain after the tree is the one,
+  up to `window` fed nodes, with the most expected committed tokens per second of this machine's measured
+  forward cost, from the running per-level acceptance. On a GPU (flat cost) that is the whole window.
 
 The measurement that chose the defaults (fashion-mnist, classes 0, 3, 7, seed 0, one thread, a loaded
 shared 2-core machine; step compression = tokens / NFE): sjd-coupled 2.75, sjd-coupled + uniform q 3.03,
 the same at window 32: 3.65; sjd-pac (K 3, D 3) at window 16: 1.87, 32: 3.38, 64: 4.20; sjd-pac K 2, D 2 at
 window 24: 3.11, 32: 3.52. A K = 3 tree eats 13 of a short window's nodes, and a chain node after it is
 worth more than a sibling, so the default tree is small (K = 2, D = 2: 3 nodes) and the rest of the window
-is chain; the long window wins in steps, the hardware policy cuts it where the CPU's cost says so.
+is chain. The hardware chain measured worst: 1.34 (window 64) and 1.09 (window 32), slower than `ar` on the
+CPU. Its one-pass geometric model counts only what a pass commits now; in a Jacobi loop with continuation,
+feeding a far position also improves its draft for the later passes, which that model leaves out, so it
+keeps choosing short chains whose far drafts stay fresh random ids. Hence `window_policy="fixed"` by default;
+on a CPU, where a 64-node pass costs ~4x a 1-token one, a shorter fixed `window` is faster in wall clock.
 
 Lossless: given the passes before it, every pass is SJD-PAC's lossless pass with a fixed tree and chain;
 the chain length is a function of those earlier passes (their accepted levels) and of the cost curve,
@@ -27,6 +31,7 @@ never of this pass's drafts, samples or uniforms (the argument of `window_policy
 tests/test_decoding_lossless.py checks it with the chi-square test.
 
 Known differences and simplifications:
+- With `window_policy="fixed"` it is `sjd-pac` with other defaults, pass for pass (a test holds them equal).
 - The loop is SJD-PAC's (`SJDPACDecoder._decode`) with the chain length chosen per pass; sjd_pac.py has
   no hook for a per-pass length, so the loop is restated here around its helpers (`_extend`,
   `_candidates`, `_continue`, `_node_drafts`, `_pass_log`).
@@ -43,6 +48,7 @@ from typing import Any
 import torch
 
 from decoding.base import Clock, ModelLike, TraceRecorder
+from decoding.drafts import DRAFT_INITS, initial_drafts, one_hot_q
 from decoding.params import param, validate_for_model
 from decoding.rules.tree import Tree, TreeVerdict, build_tree, full_tree_size
 from decoding.sampling import SamplingSettings, logits_to_probs, sample
@@ -83,8 +89,10 @@ class SpecLensDecoder(SJDPACDecoder):
     tree_width: int = param(2, "candidates K per tree level (SJD-PAC's official 3)", low=1, high=8, integer=True)
     tree_depth: int = param(2, "tree depth D, the root level included: D - 1 levels of K candidates "
                             "(SJD-PAC's official 3)", low=1, high=5, integer=True)
-    uniform_q: bool = param(True, "score fresh random drafts with the uniform q they were drawn from (1/V) "
-                            "instead of a one-hot q", advanced=True)
+    init: str = param("random", "initial drafts of new slots: uniform ids, the left or the upper neighbour "
+                      "(SJD Fig. 9); copies are scored with a one-hot q", choices=DRAFT_INITS)
+    uniform_q: bool = param(True, "score fresh random drafts (and the tree's siblings of new slots) with the "
+                            "uniform q they were drawn from (1/V) instead of a one-hot q", advanced=True)
     window_policy: str = param("fixed", "main-chain length per pass: the whole `window`, or the length that "
                                "maximises expected committed tokens per second from this machine's measured "
                                "forward cost and the running acceptance (lossless; decoding/window_policy.py)",
@@ -99,6 +107,18 @@ class SpecLensDecoder(SJDPACDecoder):
 
     def _cost(self, model: ModelLike, sampling: SamplingSettings) -> tuple[float, ...]:
         return cost_curve(model, min(self.window, model.info.num_tokens), sampling.cfg_scale)
+
+    def new_drafts(self, pending: Pending, committed: torch.Tensor, count: int, grid_width: int, vocab: int,
+                   gen: torch.Generator) -> Pending:
+        """At least `count` drafts from the first open position on: the pending ones, then new slots, as
+        SJD-PAC (`_extend`: random ids) or copied neighbours (`drafts.initial_drafts`, one-hot q; the
+        tree's siblings of a new slot are still drawn from the uniform without the earlier candidates)."""
+        extra = count - len(pending.tokens)
+        if self.init == "random" or extra <= 0:
+            return self._extend(pending, len(committed), count, vocab, gen)
+        new = initial_drafts(self.init, torch.cat([committed, pending.tokens]), extra, grid_width, vocab, gen)
+        return Pending(torch.cat([pending.tokens, new]), torch.cat([pending.q, one_hot_q(new, vocab)]),
+                       torch.cat([pending.fresh, torch.ones(extra, dtype=torch.bool)]))
 
     def verify_pass(self, tree: Tree, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, u: torch.Tensor,
                     ctx: Any) -> TreeVerdict:
@@ -140,7 +160,7 @@ class SpecLensDecoder(SJDPACDecoder):
             if curve is not None:
                 chain = chain_length(curve, acceptance.rate, tree_nodes, tree_levels, chain)
             levels = tree_levels + chain
-            pending = self._extend(pending, done, levels, vocab, gen)
+            pending = self.new_drafts(pending, tokens[:done], levels, info.grid_shape[1], vocab, gen)
 
             # 2. candidates, the tree, its nodes' tokens and q (SJD-PAC's proactive drafting)
             cands, q_cands = self._candidates(pending, tree_levels, gen)  # [Lt, K], [Lt, K, V]

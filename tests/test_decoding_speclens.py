@@ -12,6 +12,7 @@ import torch
 import decoding.speclens as speclens_module
 from decoding.registry import make_decoder
 from decoding.sampling import SamplingSettings
+from decoding.sjd_pac import Pending
 from decoding.speclens import chain_length
 from models.registry import load_model
 
@@ -91,3 +92,14 @@ def test_relaxed_accepts_more_and_marks_what_it_relaxed(model):
                 marked += flag
     assert marked > 0
     assert "relaxed" in {k for r in relaxed for k in r.trace.commit_kind}
+
+
+def test_vertical_new_slots_copy_the_upper_neighbour_with_one_hot_q():
+    decoder = make_decoder("speclens", init="vertical")
+    vocab, width = 8, 3
+    committed = torch.tensor([1, 2, 3, 4])  # rows 0 and the first of row 1 of a 3-wide grid
+    pending = Pending(torch.tensor([5]), torch.full((1, vocab), 1.0 / vocab), torch.tensor([False]))
+    drafts = decoder.new_drafts(pending, committed, 4, width, vocab, torch.Generator().manual_seed(0))
+    assert drafts.tokens.tolist() == [5, 3, 4, 5]  # pending 5; then positions 6, 7, 8 copy 3, 4, 5
+    assert torch.equal(drafts.q[1:], torch.nn.functional.one_hot(drafts.tokens[1:], vocab).float())
+    assert drafts.fresh.tolist() == [False, True, True, True]
