@@ -605,10 +605,15 @@ def about_text() -> str:
             "the Generate tab; larger sweeps: `python -m decoding.sweep --help`.\n")
 
 
+# wide tables (the About tab's decoder table) scroll sideways on a phone instead of wrapping letter by letter
+CSS = ".wide-table { overflow-x: auto; } .wide-table table { min-width: 860px; }"
+
+
 class SpecLensBlocks(gr.Blocks):
     def launch(self, *args, **kwargs):
-        """Gradio's own upload limit, whoever launches the app (main, tests, `gradio app.py`)."""
+        """Gradio's own upload limit and the page's CSS, whoever launches the app (main, tests, `gradio app.py`)."""
         kwargs.setdefault("max_file_size", limits.MAX_UPLOAD_BYTES)
+        kwargs.setdefault("css", CSS)
         return super().launch(*args, **kwargs)
 
 
@@ -631,7 +636,7 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
             with gr.Tab("Sweep", id="sweep"):
                 sweep_tab(shared)
             with gr.Tab("About", id="about"):
-                gr.Markdown(about_text())
+                gr.Markdown(about_text(), elem_classes=["wide-table"])
         bound = [w for w, _ in bound_widgets(shared.panels)]
         shared.model.change(lambda m: on_model_change(m, shared.panels), shared.model,
                             [shared.class_dd, compare_class, *bound], api_visibility="private")
