@@ -51,7 +51,7 @@ LOSSLESS = [
     ("zipar", {"local_window": 2}, SAMPLING),  # a row waits for the complete row above (2-wide grid): AR
     ("sjd", {"window": 4, "window_policy": "hardware"}, SAMPLING),  # this machine's measured cost curve
     ("speclens", {}, TOP_K),
-    ("speclens", {"init": "vertical"}, SAMPLING),  # copied drafts (one-hot q), siblings from the uniform
+    ("speclens", {"init": "random"}, SAMPLING),  # the default copies the upper neighbour (one-hot q)
     ("speclens", {"window": 4, "window_policy": "hardware"}, SAMPLING),  # the chain cut per pass to the cost curve
     # drafter decoders with an untrained (random) drafter: chain, static and dynamic trees
     ("eagle", {"tree": "chain", "depth": 3, "drafter": "random"}, SAMPLING),
