@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from decoding.params import validate, validate_for_model
-from decoding.sampling import SamplingSettings, top1_and_entropy
+from decoding.sampling import SamplingSettings, logits_to_probs, sample, top1_and_entropy
 from decoding.trace import StepRecord, Trace
 
 
@@ -147,6 +147,20 @@ class TraceRecorder:
 
 
 FAMILIES = ("ar", "jacobi", "tree", "rows", "drafter")
+
+
+def prefill_first_token(model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
+                        recorder: TraceRecorder, clock: Clock) -> torch.Tensor:
+    """Step 0 of every speculative loop: the condition prefill, the target of position 0 and one token
+    drawn from it (a 'bonus' commit). Returns the token buffer [N] with position 0 filled."""
+    tokens = torch.zeros(model.info.num_tokens, dtype=torch.long)
+    logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]
+    step = recorder.new_step(-1, 0)
+    p0 = logits_to_probs(logits[None], sampling)  # [1, V]
+    tokens[:1] = sample(p0, gen)
+    recorder.commit(step, torch.tensor([0]), tokens[:1], ["bonus"], p0)
+    recorder.close_step(step, clock)
+    return tokens
 
 
 class Decoder:

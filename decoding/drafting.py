@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
+from decoding.base import Clock, Decoder, ModelLike, TraceRecorder, prefill_first_token
 from decoding.rules.tree import Tree, TreeVerdict, verify_tree
 from decoding.sampling import SamplingSettings, logits_to_probs, sample
 from decoding.speculative_jacobi import Verdict
@@ -125,13 +125,8 @@ class DrafterDecoder(Decoder):
     def _decode(self, model: ModelLike, label: int, sampling: SamplingSettings, gen: torch.Generator,
                 recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
         n, vocab = model.info.num_tokens, model.info.vocab_size
-        tokens = torch.zeros(n, dtype=torch.long)
-        logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]
-        step = recorder.new_step(-1, 0)
-        p0 = logits_to_probs(logits[None], sampling)  # [1, V]
-        tokens[:1] = sample(p0, gen)
-        recorder.commit(step, torch.tensor([0]), tokens[:1], ["bonus"], p0)
-        recorder.close_step(step, clock)
+        # prefill: the target of position 0 and one token from it
+        tokens = prefill_first_token(model, label, sampling, gen, recorder, clock)  # [N]
         with torch.inference_mode():
             session = self.begin(model, ctx, sampling)
         done, first, passes = 1, True, []

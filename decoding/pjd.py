@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
+from decoding.base import Clock, Decoder, ModelLike, TraceRecorder, prefill_first_token
 from decoding.drafts import one_hot_q
 from decoding.params import param
 from decoding.rows import RowSchedule, Window, node_batch
@@ -91,15 +91,9 @@ class PJDDecoder(Decoder):
                 recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
         height, width = model.info.grid_shape
         vocab = model.info.vocab_size
-        tokens = torch.zeros(height * width, dtype=torch.long)
 
         # 1. prefill: the target of position 0 and one token from it
-        logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]
-        step = recorder.new_step(-1, 0)
-        p0 = logits_to_probs(logits[None], sampling)  # [1, V]
-        tokens[:1] = sample(p0, gen)
-        recorder.commit(step, torch.tensor([0]), tokens[:1], ["bonus"], p0)
-        recorder.close_step(step, clock)
+        tokens = prefill_first_token(model, label, sampling, gen, recorder, clock)  # [N]
 
         schedule = RowSchedule(height, width, [min(self.row_start, width)] * height, tokens)
         schedule.begin(1)

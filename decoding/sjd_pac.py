@@ -59,7 +59,7 @@ from typing import Any
 
 import torch
 
-from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
+from decoding.base import Clock, Decoder, ModelLike, TraceRecorder, prefill_first_token
 from decoding.params import param
 from decoding.rules.coupling import maximal_coupling
 from decoding.rules.tree import (
@@ -163,15 +163,8 @@ class SJDPACDecoder(Decoder):
                 recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
         info = model.info
         n, vocab = info.num_tokens, info.vocab_size
-        tokens = torch.zeros(n, dtype=torch.long)
-
         # prefill: the target of position 0 and one token from it
-        logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]
-        step = recorder.new_step(-1, 0)
-        p0 = logits_to_probs(logits[None], sampling)  # [1, V]
-        tokens[:1] = sample(p0, gen)
-        recorder.commit(step, torch.tensor([0]), tokens[:1], ["bonus"], p0)
-        recorder.close_step(step, clock)
+        tokens = prefill_first_token(model, label, sampling, gen, recorder, clock)  # [N]
 
         done = 1
         pending = Pending(torch.empty(0, dtype=torch.long), torch.empty(0, vocab), torch.empty(0, dtype=torch.bool))

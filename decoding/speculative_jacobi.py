@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from decoding.base import Clock, Decoder, ModelLike, TraceRecorder
+from decoding.base import Clock, Decoder, ModelLike, TraceRecorder, prefill_first_token
 from decoding.drafts import DRAFT_INITS, initial_drafts, one_hot_q
 from decoding.params import param, validate_for_model
 from decoding.rules.exact import acceptance_ratio, first_rejection, residual
@@ -162,15 +162,8 @@ class SpeculativeJacobi(Decoder):
                 recorder: TraceRecorder, clock: Clock, ctx: Any) -> torch.Tensor:
         info = model.info
         n, vocab, width = info.num_tokens, info.vocab_size, info.grid_shape[1]
-        tokens = torch.zeros(n, dtype=torch.long)
-
-        # 1. prefill: the target of position 0 and one token from it
-        logits = clock.forward(model.prefill, label, sampling.cfg_scale).cpu()  # [V]
-        step = recorder.new_step(-1, 0)
-        p0 = logits_to_probs(logits[None], sampling)  # [1, V]
-        tokens[:1] = sample(p0, gen)
-        recorder.commit(step, torch.tensor([0]), tokens[:1], ["bonus"], p0)
-        recorder.close_step(step, clock)
+        # prefill: the target of position 0 and one token from it
+        tokens = prefill_first_token(model, label, sampling, gen, recorder, clock)  # [N]
 
         done = 1
         drafts, q = torch.empty(0, dtype=torch.long), torch.empty(0, vocab)
