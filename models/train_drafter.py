@@ -42,7 +42,6 @@ def parse_args(argv=None):
     p.add_argument("--p-weight", type=float, default=0.1, help="EAGLE: weight of the distribution loss")
     p.add_argument("--noise", type=float, default=0.2, help="EAGLE: width of the uniform feature noise")
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     if args.batch < 1 or args.max_steps < 1 or args.lr <= 0:
         raise ValueError(f"--batch and --max-steps must be >= 1 and --lr > 0, got {args.batch}, {args.max_steps}, "
@@ -115,7 +114,7 @@ def main(argv=None) -> None:
     out = start_run(args)
     from models.registry import load_model
 
-    gpt = load_model.__wrapped__(args.model, device=args.device).gpt.eval()
+    gpt = load_model.__wrapped__(args.model, device=str(args.device)).gpt.eval()
     for p in gpt.parameters():
         p.requires_grad_(False)
     labels, tokens = load_data(args.data)

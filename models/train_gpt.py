@@ -4,7 +4,8 @@
 
 Seeded and resumable (rerun with the same --out): the whole training set is tokenised once
 (`tokens.npz`), then AdamW with warmup and cosine decay over `--max-steps`, bf16 autocast
-optional. Every `--save-every` steps: `last.pt` (model + optimiser + RNG, to resume), `gpt.pt`
+optional; `--device cuda` trains on a GPU (states are written with CPU tensors, so a run started on a GPU
+resumes on a CPU and back). Every `--save-every` steps: `last.pt` (model + optimiser + RNG, to resume), `gpt.pt`
 (official LlamaGen layout, fp16) and a JSON-lines log with train/val loss.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from models.checkpoint import load_into, read_state_dict, save_checkpoint
 from models.data import load_fashion_mnist, to_model_range
 from models.gpt import GPT, GPTConfig
-from models.training import load_training_state, save_training_state, start_run, training_parser
+from models.training import autocast, load_training_state, save_training_state, start_run, training_parser
 from models.vq import VQConfig, VQModel
 
 BUNDLED_GPT = dict(dim=256, n_layer=4, n_head=4, vocab_size=1024, num_classes=10, block_size=196,
@@ -72,7 +73,10 @@ def make_optimizer(gpt: GPT, lr: float) -> torch.optim.Optimizer:
 
 
 def loss_on(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor, bf16: bool) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    """Next-token cross-entropy; labels and tokens are moved to the model's device."""
+    device = gpt.tok_embeddings.weight.device
+    labels, tokens = labels.to(device), tokens.to(device)
+    with autocast(device, bf16):
         logits = gpt(labels, tokens[:, :-1])  # [B, T, V]
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
 
@@ -91,7 +95,7 @@ def main(argv=None) -> None:
     val_t, val_y, tr_t, tr_y = tokens[-n_val:], labels[-n_val:], tokens[:-n_val], labels[:-n_val]
     cfg = GPTConfig(**{**BUNDLED_GPT, "dim": args.dim, "n_layer": args.n_layer, "n_head": args.n_head,
                        "vocab_size": vq.config.codebook_size, "block_size": tokens.shape[1]})
-    gpt = GPT(cfg)
+    gpt = GPT(cfg).to(args.device)
     opt = make_optimizer(gpt, args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     step = load_training_state(out / "last.pt", gpt, opt, gen)

@@ -6,7 +6,7 @@ Seeded and resumable: writes `last.pt` (model + optimiser + step) and a JSON-lin
 `--save-every` steps; rerunning with the same --out resumes. Loss: pixel MSE + L1 plus the
 official codebook and commitment losses; dead codes (unused over the last `--restart-every`
 steps) are re-seeded from encoder outputs of the current batch, which the calibration run
-found necessary.
+found necessary. `--device cuda` trains on a GPU (the training set is moved there once).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from models.checkpoint import save_checkpoint
 from models.data import load_fashion_mnist, to_model_range
-from models.training import load_training_state, save_training_state, start_run, training_parser
+from models.training import autocast, load_training_state, save_training_state, start_run, training_parser
 from models.vq import VQConfig, VQModel
 
 BUNDLED_VQ = dict(codebook_size=1024, codebook_embed_dim=8, encoder_ch_mult=[1, 2], decoder_ch_mult=[1, 2],
@@ -33,17 +33,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
-
-
 def restart_dead_codes(vq: VQModel, usage: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> int:
     """Re-seed codes with zero usage from (normalised) encoder outputs z [N, D]."""
     dead = (usage == 0).nonzero().flatten()
     if len(dead) == 0:
         return 0
     pick = torch.randint(0, z.shape[0], (len(dead),), generator=gen)
-    new = z[pick] + 0.01 * torch.randn(len(dead), z.shape[1], generator=gen)
+    new = z[pick.to(z.device)] + 0.01 * torch.randn(len(dead), z.shape[1], generator=gen).to(z.device)
     with torch.no_grad():
         vq.quantize.embedding.weight[dead] = F.normalize(new, dim=-1) if vq.config.codebook_l2_norm else new
     return len(dead)
@@ -53,24 +49,24 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = start_run(args)
     images, _ = load_fashion_mnist("train", args.source)
-    x_all = to_model_range(images)
+    x_all = to_model_range(images).to(args.device)
     val = x_all[-1000:]
     train = x_all[:-1000] if len(x_all) > 2000 else x_all
     cfg = VQConfig(**{**BUNDLED_VQ, "codebook_size": args.codebook_size})
-    vq = VQModel(cfg)
+    vq = VQModel(cfg).to(args.device)
     opt = torch.optim.Adam(vq.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     step = load_training_state(out / "last.pt", vq, opt, gen)
-    usage = torch.zeros(cfg.codebook_size)
+    usage = torch.zeros(cfg.codebook_size, device=args.device)
     log = open(out / "log.jsonl", "a")
     t0 = time.time()
     while step < args.max_steps and time.time() - t0 < args.minutes * 60:
         idx = torch.randint(0, len(train), (args.batch,), generator=gen)
-        x = train[idx]
-        with autocast(args.bf16):
+        x = train[idx.to(args.device)]
+        with autocast(args.device, args.bf16):
             z = vq.quant_conv(vq.encoder(x))
         z_q, codes, (vq_loss, commit_loss) = vq.quantize(z.float())  # nearest code in fp32
-        with autocast(args.bf16):
+        with autocast(args.device, args.bf16):
             rec = vq.decode(z_q).float()
         rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
         loss = rec_loss + vq_loss + commit_loss

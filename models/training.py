@@ -28,7 +28,8 @@ def training_parser(doc: str, out: str, minutes: float, max_steps: int, batch: i
     p.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU with AVX512-BF16)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (a CPU with AVX512-BF16, or a GPU)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (a GPU when one is there)")
     p.add_argument("--source", default="auto", choices=["auto", "debian", "subset"],
                    help="Fashion-MNIST from Debian's package, the shipped subset, or whichever is there")
     return p
@@ -37,9 +38,21 @@ def training_parser(doc: str, out: str, minutes: float, max_steps: int, batch: i
 def save_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, step: int,
                         gen: torch.Generator) -> None:
     """Everything a run needs to resume (model, optimiser, step, RNGs), written atomically."""
-    state = {"model": module.state_dict(), "opt": opt.state_dict(), "step": step, "gen": gen.get_state(),
+    state = {"model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+             "opt": _to_cpu(opt.state_dict()), "step": step, "gen": gen.get_state(),
              "torch_rng": torch.get_rng_state()}
     atomic_torch_save(state, path)
+
+
+def _to_cpu(obj):
+    """The same nested dicts/lists with every tensor on the CPU (a state written on a GPU loads anywhere)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 TRAINING_STATE_KEYS = ("model", "opt", "step", "gen")
@@ -93,8 +106,30 @@ def _restore(path: Path, key: str, restore) -> None:
                               f"{msg}") from e
 
 
+def training_device(name: str) -> torch.device:
+    """The --device option as a torch device: cpu, cuda or cuda:N, and only a GPU that is there."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on the training device (off: a no-op context)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def start_run(args: argparse.Namespace) -> Path:
-    """Threads and seed from the options; the run folder, created."""
+    """Threads, seed and device (args.device becomes a torch.device) from the options; the run folder, created."""
+    args.device = training_device(str(args.device))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)

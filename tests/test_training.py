@@ -67,6 +67,18 @@ def test_training_smoke_run_and_resume(tmp_path):
     assert tokens.shape == (500, 196) and tokens.max() < 1024
 
 
+@pytest.mark.parametrize("trainer", ["vq", "gpt", "drafter"])
+def test_trainers_refuse_an_unusable_device(tmp_path, trainer):
+    from models import train_drafter
+    main = {"vq": train_vq.main, "gpt": train_gpt.main, "drafter": train_drafter.main}[trainer]
+    with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N, got 'tpu0'"):
+        main(["--out", str(tmp_path / "run"), "--device", "tpu0", "--threads", "1"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is available on this machine"):
+            main(["--out", str(tmp_path / "run"), "--device", "cuda", "--threads", "1"])
+    assert not (tmp_path / "run").exists()  # refused before any work or file
+
+
 def test_training_is_seeded(tmp_path):
     for run in ("a", "b"):
         train_vq.main(["--out", str(tmp_path / run), "--max-steps", "2", "--batch", "4", "--source", "subset",
