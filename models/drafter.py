@@ -12,9 +12,11 @@ into the draft distribution for token i+1. A draft node feeds its predicted stat
 Differences from the official drafter, on purpose or by necessity:
 - The model interface's prefill returns no hidden state for the condition, so the drafter's sequence starts
   at image position 1 (node 1 = (h_0, x_1)); training uses the same range.
-- Parameter names are SpecLens' LlamaGen names (`fc`, `layers.0.attention.wqkv`, `layers.0.attention.wo`,
-  `layers.0.feed_forward.w1/w2/w3`, `layers.0.ffn_norm`), not the HF Llama names of the official checkpoint
-  (`self_attn.q_proj/k_proj/v_proj/o_proj`, `mlp.gate/up/down_proj`, `post_attention_layernorm`); the
+- In memory the parameters have SpecLens' LlamaGen names (`fc`, `layers.0.attention.wqkv`,
+  `layers.0.attention.wo`, `layers.0.feed_forward.w1/w2/w3`, `layers.0.ffn_norm`); checkpoints are written in
+  the official layout (HF Llama names: `self_attn.q_proj/k_proj/v_proj/o_proj`, `mlp.gate/up/down_proj`,
+  `post_attention_layernorm`; `official_state_dict`) and either layout loads, an official LANTERN/EAGLE drafter
+  file included (its `embed_tokens.weight`, a frozen copy of the target's table, is not used). The
   embedding and head are not stored (they are the target's).
 - The drafter's KV cache is position-addressed like the target's: one canonical row per image position and
   scratch rows after them for tree nodes; EAGLE keeps a growing `stable_kv` plus a per-tree cache.
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import CheckpointError, check_state_dict, load_into, read_state_dict, save_checkpoint
+from models.checkpoint import CheckpointError, atomic_torch_save, check_state_dict, load_into, read_state_dict
 from models.gpt import GPT, Attention, FeedForward, GPTConfig, RMSNorm, linear
 
 DRAFTER_KINDS = ("eagle", "medusa")
@@ -219,17 +221,80 @@ def random_drafter(gpt: GPT, kind: str, seed: int = 0, n_heads: int = 3) -> Eagl
     return drafter.eval().attach(gpt)
 
 
+# -- the official checkpoint layouts -----------------------------------------------------------------------
+# EAGLE / LANTERN's LlamaGen drafter (`jadohu/LANTERN` `models/drafters/cnets_llamagen.py` `Model`, HF Llama names;
+# its rotary embedding is LlamaGen's pair formula, so q/k rows need no permutation) and Medusa's
+# `medusa_lm_head.pt` (the state dict of its `medusa_head` ModuleList: `{k}.0.linear.*`, `{k}.1.weight`).
+_EAGLE_OFFICIAL = {"fc.weight": "fc.weight", "fc.bias": "fc.bias",
+                   "layers.0.attention.wo.weight": "layers.0.self_attn.o_proj.weight",
+                   "layers.0.feed_forward.w1.weight": "layers.0.mlp.gate_proj.weight",
+                   "layers.0.feed_forward.w3.weight": "layers.0.mlp.up_proj.weight",
+                   "layers.0.feed_forward.w2.weight": "layers.0.mlp.down_proj.weight",
+                   "layers.0.ffn_norm.weight": "layers.0.post_attention_layernorm.weight"}
+_EAGLE_QKV = ("layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight",
+              "layers.0.self_attn.v_proj.weight")
+_OFFICIAL_EMBEDDING = "embed_tokens.weight"  # stored by the official drafter: a frozen copy of the target's
+
+
+def official_state_dict(drafter: EagleDrafter | MedusaHeads) -> dict[str, torch.Tensor]:
+    """The drafter's weights under the official names (EAGLE: q/k/v split out of `wqkv`; Medusa: the heads'
+    list indices as keys); the embedding and head are the target's and are not written."""
+    sd = drafter.state_dict()
+    if drafter.config.kind == "medusa":
+        return {k.removeprefix("heads."): v for k, v in sd.items()}
+    out = {official: sd[ours] for ours, official in _EAGLE_OFFICIAL.items()}
+    attention = drafter.layers[0].attention
+    split = [attention.n_head * attention.head_dim] + [attention.n_kv_head * attention.head_dim] * 2
+    out.update(zip(_EAGLE_QKV, sd["layers.0.attention.wqkv.weight"].split(split)))
+    return out
+
+
+def official_layout(sd: dict[str, torch.Tensor]) -> str | None:
+    """"eagle" or "medusa" if `sd` uses the official names, else None."""
+    if _EAGLE_QKV[0] in sd:
+        return "eagle"
+    if sd and all(k.split(".", 1)[0].isdigit() for k in sd):
+        return "medusa"
+    return None
+
+
+def from_official(sd: dict[str, torch.Tensor], kind: str, path: str | Path) -> dict[str, torch.Tensor]:
+    """An official-layout state dict under SpecLens' names; a missing key is a CheckpointError naming it.
+    The official EAGLE file's `embed_tokens.weight` is dropped (the target's own table is used)."""
+    if kind == "medusa":
+        return {f"heads.{k}": v for k, v in sd.items()}
+    missing = [k for k in (*_EAGLE_OFFICIAL.values(), *_EAGLE_QKV) if k not in sd]
+    if missing:
+        raise CheckpointError(f"{path}: official EAGLE drafter layout, but key {missing[0]!r} is missing")
+    extra = sorted(set(sd) - set(_EAGLE_OFFICIAL.values()) - set(_EAGLE_QKV) - {_OFFICIAL_EMBEDDING})
+    if extra:
+        raise CheckpointError(f"{path}: unexpected key {extra[0]!r} for a one-layer EAGLE drafter")
+    out = {ours: sd[official] for ours, official in _EAGLE_OFFICIAL.items()}
+    out["layers.0.attention.wqkv.weight"] = torch.cat([sd[k] for k in _EAGLE_QKV])
+    return out
+
+
 def save_drafter(path: str | Path, drafter: EagleDrafter | MedusaHeads, meta: dict | None = None) -> None:
-    """The drafter's own weights in fp16 (embedding/head are the target's) plus its config."""
-    save_checkpoint(path, drafter, meta={"kind": "drafter", "config": drafter.config.to_dict(), **(meta or {})},
-                    half=True)
+    """The drafter's own weights in fp16 under the official names (`official_state_dict`; embedding and head
+    are the target's) plus its config in SpecLens' metadata, written atomically."""
+    sd = {k: v.detach().half().cpu().clone() for k, v in official_state_dict(drafter).items()}
+    meta = {"kind": "drafter", "layout": "official", "config": drafter.config.to_dict(), **(meta or {})}
+    atomic_torch_save({"model": sd, "speclens": meta}, path)
 
 
 def load_drafter(path: str | Path, gpt: GPT) -> EagleDrafter | MedusaHeads:
-    """A drafter checkpoint for the target `gpt`; every failure a CheckpointError naming the file."""
+    """A drafter checkpoint for the target `gpt`: SpecLens' file (official names or its own) or an official
+    EAGLE / LANTERN drafter or Medusa head file without SpecLens' metadata (its config then comes from the
+    target); every failure a CheckpointError naming the file."""
     path = Path(path)
     sd, meta = read_state_dict(path, max_bytes=64 * 2**20)
+    layout = official_layout(sd)
     raw = meta.get("config")
+    if raw is None and layout is not None:  # a foreign official file: the target gives the shapes
+        n_heads = len({k.split(".", 1)[0] for k in sd}) if layout == "medusa" else 0
+        if layout == "medusa" and not 1 <= n_heads <= MAX_MEDUSA_HEADS:
+            raise CheckpointError(f"{path}: {n_heads} Medusa heads, expected 1..{MAX_MEDUSA_HEADS}")
+        raw = DrafterConfig.for_target(gpt, layout, n_heads).to_dict()
     if not isinstance(raw, dict) or set(raw) != set(DrafterConfig.__dataclass_fields__):
         raise CheckpointError(f"{path}: no drafter config stored (expected keys "
                               f"{sorted(DrafterConfig.__dataclass_fields__)})")
@@ -239,6 +304,10 @@ def load_drafter(path: str | Path, gpt: GPT) -> EagleDrafter | MedusaHeads:
             skeleton = build_drafter(cfg)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid drafter config: {e}") from e
+    if layout is not None:
+        if layout != cfg.kind:
+            raise CheckpointError(f"{path}: weights in the official {layout} layout, config says {cfg.kind}")
+        sd = from_official(sd, layout, path)
     check_state_dict(skeleton.state_dict(), sd, path)
     drafter = build_drafter(cfg)
     load_into(drafter, sd, path)

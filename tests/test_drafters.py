@@ -76,6 +76,41 @@ def test_drafter_checkpoint_round_trip(model, tmp_path):
         DrafterConfig("medusa", 64, 4, 64, 16, n_heads=0)
 
 
+def test_drafter_checkpoints_use_the_official_layout(model, tmp_path):
+    from models.drafter import official_state_dict
+    eagle, medusa = random_drafter(model.gpt, "eagle", seed=2), random_drafter(model.gpt, "medusa", seed=2)
+    save_drafter(tmp_path / "eagle.pt", eagle)
+    keys = set(torch.load(tmp_path / "eagle.pt", weights_only=True)["model"])
+    assert {"layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight", "layers.0.mlp.gate_proj.weight",
+            "layers.0.post_attention_layernorm.weight", "fc.weight", "fc.bias"} <= keys
+    assert not any("wqkv" in k or "feed_forward" in k for k in keys)
+    # a foreign official file (a bare state dict, as LANTERN's pytorch_model.bin, with its embed_tokens copy)
+    official = {k: v.clone() for k, v in official_state_dict(eagle).items()}
+    official["embed_tokens.weight"] = model.gpt.tok_embeddings.weight.detach().clone()
+    torch.save(official, tmp_path / "pytorch_model.bin")
+    loaded = load_drafter(tmp_path / "pytorch_model.bin", model.gpt)
+    for (k, a), (_, b) in zip(eagle.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(b, a, msg=k)
+    n = model.info.num_tokens
+    hidden = torch.randn(2, 5, model.gpt.config.dim, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(model.info.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(loaded(hidden, tokens), eagle(hidden, tokens))
+    torch.save({k: v.clone() for k, v in official_state_dict(medusa).items()}, tmp_path / "medusa_lm_head.pt")
+    heads = load_drafter(tmp_path / "medusa_lm_head.pt", model.gpt)
+    assert heads.config.n_heads == medusa.config.n_heads and n > 0
+    torch.testing.assert_close(heads(hidden), medusa(hidden))
+    # wrong official files say what is wrong
+    broken = dict(official)
+    del broken["layers.0.self_attn.v_proj.weight"]
+    torch.save(broken, tmp_path / "missing.bin")
+    with pytest.raises(CheckpointError, match=r"missing\.bin: official EAGLE drafter layout, but key "
+                                              r"'layers\.0\.self_attn\.v_proj\.weight' is missing"):
+        load_drafter(tmp_path / "missing.bin", model.gpt)
+    torch.save({**official, "layers.1.self_attn.q_proj.weight": official["fc.bias"]}, tmp_path / "two.bin")
+    with pytest.raises(CheckpointError, match="unexpected key 'layers.1.self_attn.q_proj.weight' for a one-layer"):
+        load_drafter(tmp_path / "two.bin", model.gpt)
+
+
 def test_drafter_source(model):
     assert isinstance(drafter_for(model, "eagle", "auto"), EagleDrafter)  # tiny-fixture: no trained one
     assert drafter_for(model, "eagle", "random") is drafter_for(model, "eagle", "auto")  # loaded once
