@@ -59,17 +59,18 @@ class LanternDecoder(SpeculativeJacobi):
                                sweepable=False)
 
     def prepare(self, model: ModelLike) -> torch.Tensor:
-        """[V, k - 1] int32 nearest codes of every code, from the per-model cache."""
-        return neighbour_lists(model, self.codebook_space, self.neighbourhood_k - 1, self.l2_normalise)
+        """[V, k - 1] int64 nearest codes of every code, from the per-model cache (int32 there; widened
+        once per call here, not once per pass)."""
+        return neighbour_lists(model, self.codebook_space, self.neighbourhood_k - 1, self.l2_normalise).long()
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
                    ctx: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        neighbours = ctx[drafts].long()  # [D, k - 1]
+        neighbours = ctx[drafts]  # [D, k - 1]
         p_relaxed, n_moved, _ = lantern_relaxed_probability(p, drafts, neighbours, self.delta, self.ratio_bound)
         ratio = acceptance_ratio(p_relaxed, q.gather(1, drafts[:, None])[:, 0])  # [D]
         return ratio, lantern_members(drafts, neighbours, n_moved)  # [D], [D, k]: {x} + A(x), -1 padding
 
     def residual_target(self, p: torch.Tensor, drafts: torch.Tensor, ctx: Any) -> torch.Tensor:
-        neighbours = ctx[drafts].long()  # [1, k - 1]
+        neighbours = ctx[drafts]  # [1, k - 1]
         _, n_moved, _ = lantern_relaxed_probability(p, drafts, neighbours, self.delta, self.ratio_bound)
         return lantern_target(p, drafts, neighbours, n_moved)

@@ -51,7 +51,8 @@ from decoding.drafts import one_hot_q
 from decoding.params import param
 from decoding.rows import RowSchedule, Window, node_batch
 from decoding.rules.exact import acceptance_ratio, first_rejection, residual
-from decoding.sampling import SamplingSettings, logits_to_probs, sample
+from decoding.sampling import SamplingSettings, logits_to_probs, sample, top1_and_entropy
+from decoding.trace import StepRecord, Trace
 
 KEEP_RATIO = 0.5  # official: after the first rejection, a draft with min(1, p/q) > 0.5 stays the next draft
 
@@ -98,6 +99,7 @@ class PJDDecoder(Decoder):
         schedule = RowSchedule(height, width, [min(self.row_start, width)] * height, tokens)
         schedule.begin(1)
         pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row -> (drafts [M], q [M, V])
+        records: list[_PassRecord] = []  # the trace is written after the last pass
         while not schedule.done:
             # 2. every decoding row's window: anchor + pending drafts + fresh random drafts
             windows, qs = self._windows(schedule, pending, vocab, gen)
@@ -111,26 +113,27 @@ class PJDDecoder(Decoder):
             y = sample(p, gen)  # [K]
             u = torch.rand(sum(w.length - 1 for w in windows), generator=gen)  # one uniform per draft
 
-            # 4. verify each row (the leading one as SJD, the others truncate), commit, next drafts
-            outcomes, offset = [], 0
-            for w, q, first in zip(windows, qs, batch.first):
+            # 4. verify each row (the leading one as SJD, the others truncate), commit, next drafts; the
+            # ratios min(1, p/q) of every row's drafts at once
+            drafted = _Drafts.of(windows, qs, batch.first, p)
+            outcomes = []
+            for w, q, first, lo, hi in zip(windows, qs, batch.first, drafted.starts, drafted.starts[1:]):
                 if w.final:
                     outcomes.append(None)
                     continue
                 nodes = slice(first, first + w.length)
-                d = w.length - 1
-                outcome = self._verify(p[nodes], q, w.drafts, y[nodes], u[offset:offset + d],
-                                       schedule.leading(w.row), gen)
-                offset += d
+                outcome = self._verify(p[nodes], q, w.drafts, y[nodes], u[lo:hi],
+                                       schedule.leading(w.row), gen, drafted.ratio[lo:hi], drafted.q_draft[lo:hi])
                 outcomes.append(outcome)
                 c = len(outcome.committed)
                 tokens[w.anchor + 1:w.anchor + 1 + c] = outcome.committed
                 schedule.commit(w.row, c)
                 pending[w.row] = (outcome.next_drafts, outcome.next_q)
-            self._record(recorder, step, windows, outcomes, batch.first, p, width)
+            records.append(self._record(step, windows, outcomes, batch.first, p, width, drafted))
             recorder.close_step(step, clock)
             schedule.after_pass(windows, [torch.arange(w.anchor + 1, w.anchor + 1 + (o.r if o else 0))
                                           for w, o in zip(windows, outcomes)])
+        _write_trace(recorder.trace, records)
         return tokens
 
     def _windows(self, schedule: RowSchedule, pending: dict, vocab: int,
@@ -155,11 +158,14 @@ class PJDDecoder(Decoder):
 
     @staticmethod
     def _verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
-                leading: bool, gen: torch.Generator) -> RowOutcome:
-        """One row window: p, y over its L nodes ([L, V], [L]); drafts [D = L - 1] with q [D, V]."""
+                leading: bool, gen: torch.Generator, ratio: torch.Tensor | None = None,
+                q_draft: torch.Tensor | None = None) -> RowOutcome:
+        """One row window: p, y over its L nodes ([L, V], [L]); drafts [D = L - 1] with q [D, V].
+        ratio, q_draft: min(1, p/q) and q(draft) [D] if already computed (for every row at once)."""
         d = len(drafts)
-        q_draft = q.gather(1, drafts[:, None])[:, 0]  # [D]
-        ratio = acceptance_ratio(p[:d].gather(1, drafts[:, None])[:, 0], q_draft)  # [D]
+        if ratio is None or q_draft is None:
+            q_draft = q.gather(1, drafts[:, None])[:, 0]  # [D]
+            ratio = acceptance_ratio(p[:d].gather(1, drafts[:, None])[:, 0], q_draft)  # [D]
         r = first_rejection(u < ratio)
         if not leading:  # truncate: the accepted drafts only
             committed, kinds = drafts[:r], ["draft"] * r
@@ -168,49 +174,118 @@ class PJDDecoder(Decoder):
             kinds = ["draft"] * r + ["resampled"]
         else:  # every draft accepted: a bonus token from the last node
             committed, kinds = torch.cat([drafts, y[d:d + 1]]), ["draft"] * d + ["bonus"]
-        # next drafts for the positions after the committed ones: the Jacobi samples, except the
-        # drafts after the first rejection whose ratio exceeds KEEP_RATIO (kept with their q)
+        # next drafts for the positions after the committed ones (c <= r + 1): the Jacobi samples with
+        # q = p, except the drafts after the first rejection whose ratio exceeds KEEP_RATIO (kept with their q)
         c = len(committed)
-        keep = torch.zeros(len(y), dtype=torch.bool)
-        keep[r + 1:d] = ratio[r + 1:] > KEEP_RATIO
-        keep_d = keep[:d]
-        next_tokens = torch.where(keep, torch.cat([drafts, y[d:]]), y)  # [L]
-        next_q = p.clone()
-        next_q[:d][keep_d] = q[keep_d]
-        return RowOutcome(committed, kinds, ratio, q_draft, min(r + 1, d), r, next_tokens[c:], next_q[c:])
+        kept = [i for i, big in enumerate((ratio[r + 1:] > KEEP_RATIO).tolist(), start=r + 1) if big]
+        next_tokens, next_q = y[c:], p[c:]  # [L - c], [L - c, V]
+        if kept:
+            rows = torch.tensor(kept)
+            next_tokens, next_q = next_tokens.clone(), next_q.clone()
+            next_tokens[rows - c], next_q[rows - c] = drafts[rows], q.index_select(0, rows)
+        return RowOutcome(committed, kinds, ratio, q_draft, min(r + 1, d), r, next_tokens, next_q)
 
     @staticmethod
-    def _record(recorder: TraceRecorder, step, windows: list[Window], outcomes: list, first: list[int],
-                p: torch.Tensor, width: int) -> None:
-        """The step record through the shared recorder: verified drafts of every row (with their rows,
-        parents and depths: one chain per row), then the committed tokens of every row."""
-        pos, drafts, q_d, acc_p, acc, rows_p, commit_pos, commit_tok, kinds, commit_rows = ([] for _ in range(10))
-        parents, depths = [], []
-        for w, o, f in zip(windows, outcomes, first):
+    def _record(step: StepRecord, windows: list[Window], outcomes: list, first: list[int], p: torch.Tensor,
+                width: int, drafted: _Drafts) -> _PassRecord:
+        """What the step record needs: verified drafts of every row (with their rows, parents and depths:
+        one chain per row, written now), then the committed tokens of every row (`_write_trace`)."""
+        pos, verified, acc, parents, depths, commit_pos, commit_rows, kinds, commit_tok = ([] for _ in range(9))
+        for w, o, f, lo in zip(windows, outcomes, first, drafted.starts):
             if o is None:
                 continue
-            k = o.verified
-            base = len(pos)
+            k, c, base = o.verified, len(o.committed), len(pos)
             pos += range(w.anchor + 1, w.anchor + 1 + k)
-            drafts.append(w.drafts[:k])
-            acc_p.append(o.accept_prob[:k])
-            q_d.append(o.q_draft[:k])
+            verified += range(lo, lo + k)  # the row's first k drafts among all rows'
             acc += [i < o.r for i in range(k)]
-            rows_p += range(f, f + k)
             parents += [-1] + list(range(base, base + k - 1)) if k else []
             depths += range(1, k + 1)
-            commit_pos += range(w.anchor + 1, w.anchor + 1 + len(o.committed))
-            commit_tok.append(o.committed)
+            commit_pos += range(w.anchor + 1, w.anchor + 1 + c)
+            commit_rows += range(f, f + c)
             kinds += o.kinds
-            commit_rows += range(f, f + len(o.committed))
-        if pos:
-            draft_t = torch.cat(drafts)
-            p_rows = p[torch.tensor(rows_p)]
-            recorder.record_drafts(step, torch.tensor(pos), draft_t, p_rows, torch.cat(q_d), torch.cat(acc_p),
-                                   torch.tensor(acc))
-            step.parents, step.depths, step.on_path = parents, list(depths), list(acc)
-            step.rows = [x // width for x in pos]
-        if commit_pos:
-            recorder.commit(step, torch.tensor(commit_pos), torch.cat(commit_tok), kinds,
-                            p[torch.tensor(commit_rows)])
+            commit_tok.append(o.committed)
+        step.parents, step.depths, step.on_path = parents, depths, acc
+        step.rows = [x // width for x in pos]
+        index = torch.tensor(verified, dtype=torch.long)
+        rows = torch.cat([drafted.nodes[index], torch.tensor(commit_rows, dtype=torch.long)])
+        committed = torch.cat(commit_tok) if commit_tok else torch.empty(0, dtype=torch.long)
+        return _PassRecord(step, p.index_select(0, rows), drafted.tokens[index], drafted.q_draft[index],
+                           drafted.ratio[index], committed, pos, acc, commit_pos, kinds)
 
+
+@dataclass
+class _PassRecord:
+    """One pass's part of the trace, kept (references) until `_write_trace`."""
+
+    step: StepRecord
+    p: torch.Tensor  # [k + c, V] the targets of the verified drafts, then of the committed tokens
+    drafts: torch.Tensor  # [k] verified drafts, every row's in window order
+    q_draft: torch.Tensor  # [k]
+    accept_prob: torch.Tensor  # [k]
+    committed: torch.Tensor  # [c]
+    positions: list[int]  # [k]
+    accepted: list[bool]  # [k]
+    commit_positions: list[int]  # [c]
+    kinds: list[str]  # [c]
+
+
+def _write_trace(trace: Trace, records: list[_PassRecord]) -> None:
+    """What `TraceRecorder.record_drafts` and `commit` write, for every pass at once: the statistics of
+    all the rows with one operation each and one `.tolist()` per quantity (as `window_trace.py` does for
+    the Jacobi decoders), instead of a dozen small operations per pass."""
+    if not records:
+        return
+    p_all = torch.cat([r.p for r in records])  # [M, V]
+    top1, entropy = top1_and_entropy(p_all)  # [M]
+    draft_rows, commit_rows, offset = [], [], 0
+    for r in records:
+        k, c = len(r.positions), len(r.commit_positions)
+        draft_rows += range(offset, offset + k)
+        commit_rows += range(offset + k, offset + k + c)
+        offset += k + c
+    d_rows, c_rows = torch.tensor(draft_rows, dtype=torch.long), torch.tensor(commit_rows, dtype=torch.long)
+    drafts, committed = torch.cat([r.drafts for r in records]), torch.cat([r.committed for r in records])
+    d_reals = torch.stack([p_all[d_rows, drafts], torch.cat([r.q_draft for r in records]), top1[d_rows],
+                           entropy[d_rows], torch.cat([r.accept_prob for r in records])]).tolist()  # [5, K]
+    c_reals = torch.stack([p_all[c_rows, committed], top1[c_rows], entropy[c_rows]]).tolist()  # [3, C]
+    d_tokens, c_tokens = drafts.tolist(), committed.tolist()
+    a = c = 0
+    for r in records:
+        step, k, n = r.step, len(r.positions), len(r.commit_positions)
+        step.p_draft, step.q_draft, step.top1_prob, step.entropy, step.accept_prob = (col[a:a + k] for col in d_reals)
+        step.positions, step.draft_tokens, step.accepted = list(r.positions), d_tokens[a:a + k], list(r.accepted)
+        step.relaxed, step.group_size = [False] * k, [0] * k
+        for pos, tok, kind, p_tok, t1, ent in zip(r.commit_positions, c_tokens[c:c + n], r.kinds,
+                                                  *(col[c:c + n] for col in c_reals)):
+            trace.tokens[pos], trace.commit_step[pos], trace.commit_kind[pos] = tok, step.index, kind
+            trace.commit_p[pos], trace.commit_top1[pos], trace.commit_entropy[pos] = p_tok, t1, ent
+            step.committed_positions.append(pos)
+            step.committed_tokens.append(tok)
+            step.committed_kinds.append(kind)
+        a, c = a + k, c + n
+
+
+@dataclass
+class _Drafts:
+    """Every row's drafts of one pass, concatenated in window order (final feeds have none)."""
+
+    starts: list[int]  # [len(windows) + 1] window i's drafts are [starts[i], starts[i + 1])
+    nodes: torch.Tensor  # [D] the node whose target decides each draft
+    tokens: torch.Tensor  # [D]
+    q_draft: torch.Tensor  # [D] q(draft)
+    ratio: torch.Tensor  # [D] min(1, p(draft) / q(draft))
+
+    @classmethod
+    def of(cls, windows: list[Window], qs: list[torch.Tensor | None], first: list[int], p: torch.Tensor) -> _Drafts:
+        starts, nodes = [0], []
+        for w, f in zip(windows, first):
+            d = w.length - 1
+            nodes += range(f, f + d)
+            starts.append(starts[-1] + d)
+        rows = [(w.drafts, q) for w, q in zip(windows, qs) if q is not None]
+        if not nodes:
+            empty = torch.empty(0)
+            return cls(starts, torch.empty(0, dtype=torch.long), empty.long(), empty, empty)
+        node_t, tokens = torch.tensor(nodes), torch.cat([d for d, _ in rows])
+        q_draft = torch.cat([q for _, q in rows]).gather(1, tokens[:, None])[:, 0]  # [D]
+        return cls(starts, node_t, tokens, q_draft, acceptance_ratio(p[node_t, tokens], q_draft))

@@ -165,11 +165,9 @@ def node_batch(windows: list[Window], cached: torch.Tensor) -> NodeBatch:
         positions += list(range(w.anchor, w.anchor + 1 + len(drafts)))
         rows += [w.row] * (1 + len(drafts))
         is_anchor += [True] + [False] * len(drafts)
-    row_of = torch.tensor(rows)  # [K]
-    index = torch.arange(len(tokens))
-    own_chain = (row_of[:, None] == row_of[None, :]) & (index[None, :] <= index[:, None])
-    anchors_above = (row_of[None, :] < row_of[:, None]) & torch.tensor(is_anchor)[None, :]
-    position_t = torch.tensor(positions)
+    token_t, position_t, row_of, anchor_t = torch.tensor([tokens, positions, rows, is_anchor])  # [K] each, one call
+    own_chain = (row_of[:, None] == row_of[None, :]).tril_()  # same row, node j at or before node i
+    anchors_above = (row_of[None, :] < row_of[:, None]) & (anchor_t != 0)[None, :]
     context = cached.clone()
     context[position_t] = False  # slots written in this pass are seen through `visible`, not as context
-    return NodeBatch(torch.tensor(tokens), position_t, own_chain | anchors_above, context, first, rows)
+    return NodeBatch(token_t, position_t, own_chain | anchors_above, context, first, rows)

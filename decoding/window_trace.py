@@ -60,7 +60,7 @@ class PassLog:
         if self.nodes is None:
             return self.p[:max(k, c)], list(range(k)), list(range(c))
         rows = self.nodes.draft_rows + self.nodes.commit_rows
-        return self.p[torch.tensor(rows, dtype=torch.long)], list(range(k)), list(range(k, k + c))
+        return self.p.index_select(0, torch.tensor(rows, dtype=torch.long)), list(range(k)), list(range(k, k + c))
 
 
 def record_passes(trace: Trace, passes: list[PassLog]) -> None:

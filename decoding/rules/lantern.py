@@ -33,11 +33,26 @@ def lantern_relaxed_probability(p: torch.Tensor, drafts: torch.Tensor, neighbour
     if neighbours.shape[1] == 0:
         zero = torch.zeros_like(p_x)
         return p_x, zero.long(), zero
-    cum = p.gather(1, neighbours).cumsum(1)  # [K, k-1] non-decreasing
+    # p >= 0, so cum is non-decreasing and each bound below admits a prefix: its length is a count
+    cum = p.gather(1, neighbours).cumsum(1)  # [K, k-1]
     admissible = cum <= delta
     if ratio_bound is not None:
         admissible &= cum <= (ratio_bound - 1.0) * p_x[:, None]
-    n_moved = admissible.long().cumprod(1).sum(1)  # [K] largest admissible prefix
+    n_moved = admissible.sum(1)  # [K] the largest admissible prefix
+    moved = torch.nn.functional.pad(cum, (1, 0)).gather(1, n_moved[:, None])[:, 0]  # [K] cum[n - 1], 0 if n = 0
+    return p_x + moved, n_moved, moved
+
+
+def lantern_relaxed_probability_reference(p: torch.Tensor, drafts: torch.Tensor, neighbours: torch.Tensor,
+                                          delta: float, ratio_bound: float | None) -> tuple[torch.Tensor, ...]:
+    """The plain version of `lantern_relaxed_probability`, which must equal it: the largest prefix of
+    admissible neighbours by a running product of the flags, without relying on cum being monotone."""
+    p_x = p.gather(1, drafts[:, None])[:, 0]  # [K]
+    cum = p.gather(1, neighbours).cumsum(1)  # [K, k-1]
+    admissible = cum <= delta
+    if ratio_bound is not None:
+        admissible &= cum <= (ratio_bound - 1.0) * p_x[:, None]
+    n_moved = admissible.long().cumprod(1).sum(1)  # [K]
     last = (n_moved - 1).clamp_min(0)[:, None]
     moved = torch.where(n_moved > 0, cum.gather(1, last)[:, 0], torch.zeros_like(p_x))  # [K]
     return p_x + moved, n_moved, moved
@@ -51,8 +66,8 @@ def lantern_target(p: torch.Tensor, drafts: torch.Tensor, neighbours: torch.Tens
     in_a = torch.arange(neighbours.shape[1], device=p.device)[None, :] < n_moved[:, None]  # [K, k-1]
     nb_p = p.gather(1, neighbours)  # [K, k-1]
     moved = (nb_p * in_a).sum(1, keepdim=True)  # [K, 1]
-    target = p.scatter(1, neighbours, torch.where(in_a, torch.zeros_like(nb_p), nb_p))
-    return target.scatter_add(1, drafts[:, None], moved)
+    target = p.scatter(1, neighbours, nb_p.masked_fill_(in_a, 0.0))  # A's mass taken away (nb_p is not used again)
+    return target.scatter_add_(1, drafts[:, None], moved)
 
 
 def lantern_members(drafts: torch.Tensor, neighbours: torch.Tensor, n_moved: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,13 @@ class TreeVerdict:
     final_kind: str  # "resampled" (the last node's children were all rejected) or "bonus" (it had none)
 
 
+@lru_cache(maxsize=256)
+def node_parents(parents: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([T - 1] every non-root node's parent, [T - 1] the nodes 1 .. T - 1) of a tree's `parents`, as
+    index tensors, built once per tree shape (the same shapes recur every pass)."""
+    return torch.tensor(parents[1:], dtype=torch.long), torch.arange(1, len(parents))
+
+
 def verify_tree(tree: Tree, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, u: torch.Tensor,
                 next_target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = residual) -> TreeVerdict:
     """p: [T, V] (row i: target of the position after node i); q: [T, V] (row i: what node i was drawn
@@ -122,10 +129,9 @@ def verify_tree(tree: Tree, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tens
 
     `next_target(t_k, q_k)`: the target of the next sibling after a rejection (the chained residual; a
     test swaps it for a wrong one to check that the goodness-of-fit test notices)."""
-    parents = torch.tensor(tree.parents[1:])
-    index = tokens[1:, None]
+    parents, nodes = node_parents(tree.parents)
     # every node against its parent's own target: exact for first children and chain nodes
-    prob0 = [1.0] + acceptance_ratio(p[parents].gather(1, index)[:, 0], q[1:].gather(1, index)[:, 0]).tolist()
+    prob0 = [1.0] + acceptance_ratio(p[parents, tokens[1:]], q[nodes, tokens[1:]]).tolist()  # [T - 1] elements
     u_list, tok_list = u.tolist(), tokens.tolist()
     tested, probs, accepted, path = [], [], [], []
     node = 0
