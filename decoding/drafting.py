@@ -187,7 +187,7 @@ def pass_log(step, start: int, tree: Tree, p: torch.Tensor, draft: Draft, u: tor
     index = torch.tensor(tested, dtype=torch.long)
     drafts = draft.tokens[index]
     k = len(tested)
-    q_draft = draft.q[index].gather(1, drafts[:, None])[:, 0] if k else torch.zeros(0)
+    q_draft = draft.q[index, drafts] if k else torch.zeros(0)  # [k] q(draft), no [k, V] row copy
     result = Verdict(torch.tensor(verdict.accept_prob, dtype=torch.float32), torch.tensor(verdict.accepted,
                                                                                         dtype=torch.bool),
                      relaxed if relaxed is not None else torch.zeros(k, dtype=torch.bool),
