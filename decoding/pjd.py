@@ -131,7 +131,7 @@ class PJDDecoder(Decoder):
                 pending[w.row] = (outcome.next_drafts, outcome.next_q)
             records.append(self._record(step, windows, outcomes, batch.first, p, width, drafted))
             recorder.close_step(step, clock)
-            schedule.after_pass(windows, [torch.arange(w.anchor + 1, w.anchor + 1 + (o.r if o else 0))
+            schedule.after_pass(windows, [range(w.anchor + 1, w.anchor + 1 + (o.r if o else 0))
                                           for w, o in zip(windows, outcomes)])
         _write_trace(recorder.trace, records)
         return tokens
@@ -148,12 +148,17 @@ class PJDDecoder(Decoder):
             length = min(schedule.room(w.row), self.window)
             if length <= 0:  # the row has caught up with the row above: not fed (official verify_num == 0)
                 continue
-            old, old_q = pending.get(w.row, (torch.empty(0, dtype=torch.long), torch.empty(0, vocab)))
-            old, old_q = old[:length - 1], old_q[:length - 1]
-            fresh = torch.randint(vocab, (length - 1 - len(old),), generator=gen)
-            w.drafts = torch.cat([old, fresh])  # [D]
+            old, old_q = pending[w.row] if w.row in pending else (None, None)
+            n_old = 0 if old is None else min(len(old), length - 1)
+            fresh = torch.randint(vocab, (length - 1 - n_old,), generator=gen)  # drawn even if empty: same stream
+            if n_old == 0:
+                w.drafts, q = fresh, one_hot_q(fresh, vocab)  # [D], [D, V]
+            elif len(fresh) == 0:
+                w.drafts, q = old[:n_old], old_q[:n_old]
+            else:
+                w.drafts, q = torch.cat([old[:n_old], fresh]), torch.cat([old_q[:n_old], one_hot_q(fresh, vocab)])
             windows.append(w)
-            qs.append(torch.cat([old_q, one_hot_q(fresh, vocab)]))  # [D, V]
+            qs.append(q)
         return windows, qs
 
     @staticmethod

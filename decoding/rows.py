@@ -122,13 +122,13 @@ class RowSchedule:
                 out.append(Window(row, anchor, self._stand_in(row), final=False, stand_in=True))
         return out
 
-    def after_pass(self, windows: list[Window], accepted: list[torch.Tensor]) -> None:
-        """Record the K/V written (anchors; the accepted drafts' positions `accepted[i]` [A]), retire
-        the complete rows whose last token was fed, start the rows whose row above has enough."""
+    def after_pass(self, windows: list[Window], accepted: list[range]) -> None:
+        """Record the K/V written (anchors; the accepted drafts' positions `accepted[i]`, consecutive),
+        retire the complete rows whose last token was fed, start the rows whose row above has enough."""
         for w, acc in zip(windows, accepted):
             self.cached[w.anchor] = True
             if len(acc):
-                self.cached[acc] = True
+                self.cached[acc.start:acc.stop] = True  # a slice: no index tensor
             if w.final or (w.row > 0 and w.anchor == w.row * self.width - 1 and not w.stand_in):
                 self._fed_final.add(w.row if w.final else w.row - 1)
         self.active = [r for r in self.active if not self._retired(r)]

@@ -89,5 +89,5 @@ class ZipARDecoder(Decoder):
                 schedule.commit(w.row, 1)
             recorder.commit(step, targets, y, ["bonus"] * len(emitting), p)
             recorder.close_step(step, clock)
-            schedule.after_pass(windows, [targets[:0]] * len(windows))
+            schedule.after_pass(windows, [range(0)] * len(windows))
         return tokens
