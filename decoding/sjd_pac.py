@@ -26,6 +26,10 @@ One forward pass:
    coupling against this pass's (stale) p there with the node's own uniform (`rules/coupling.py`, as
    `sjd-coupled`: keep it with probability min(1, p / q), else draw from the residual); the next q is
    that p. New slots past the window get fresh random ids.
+Hooks (defaults: SJD-PAC as above; `speclens` overrides them, so the loop exists once): `new_drafts`
+(new slots), `chain_policy` / `chain_for_pass` (the main chain's length per pass, from earlier passes
+only), `verify_pass` (the verification with the decoder's ctx), `observe_pass` (after each verification:
+the verified levels and their drafts' ages, `Pending.age`), `pass_log` (the trace record).
 Lossless: every committed token is exact speculative sampling of the target given the committed prefix;
 the chi-square test in tests/test_decoding_lossless.py checks it, and rejects a variant without the
 chained residual.
@@ -79,11 +83,17 @@ from decoding.window_trace import NodeLog, PassLog, record_passes
 
 @dataclass
 class Pending:
-    """Drafts of the positions after the committed ones: tokens [M], their q [M, V], fresh random [M]."""
+    """Drafts of the positions after the committed ones: tokens [M], their q [M, V], fresh random [M], and
+    age [M], the passes that coupled each draft to a target (0: a new slot; None: all 0)."""
 
     tokens: torch.Tensor
     q: torch.Tensor
     fresh: torch.Tensor
+    age: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.age is None:
+            self.age = torch.zeros(len(self.tokens), dtype=torch.long)
 
 
 @dataclass
@@ -125,11 +135,38 @@ class SJDPACDecoder(Decoder):
                              f"cache slots, the model has scratch_slots={scratch}")
         return None
 
-    # -- the varying part ---------------------------------------------------------------------
+    # -- the varying parts (defaults: SJD-PAC itself; `speclens` overrides them) ---------------------
     def verify(self, tree: Tree, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                u: torch.Tensor) -> TreeVerdict:
         """The tree's verification (`rules.tree.verify_tree`); p, q: [T, V]; tokens, u: [T]."""
         return verify_tree(tree, p, q, tokens, u)
+
+    def verify_pass(self, tree: Tree, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, u: torch.Tensor,
+                    ctx: Any) -> TreeVerdict:
+        """The pass's verification with the decoder's ctx (`verify`, exact, here)."""
+        return self.verify(tree, p, q, tokens, u)
+
+    def new_drafts(self, pending: Pending, committed: torch.Tensor, count: int, grid_width: int, vocab: int,
+                   gen: torch.Generator) -> Pending:
+        """At least `count` drafts from the first open position on: the pending ones, then random ids."""
+        return self._extend(pending, len(committed), count, vocab, gen)
+
+    def pass_log(self, step, start: int, tree: Tree, p: torch.Tensor, node_q: torch.Tensor, node_tokens: torch.Tensor,
+                 u: torch.Tensor, verdict: TreeVerdict, committed: torch.Tensor) -> PassLog:
+        """What the trace keeps of a pass."""
+        return _pass_log(step, start, tree, p, node_q, node_tokens, u, verdict, committed)
+
+    def chain_policy(self, model: ModelLike, sampling: SamplingSettings) -> Any:
+        """Per-decode state of the chain-length choice (None: the longest chain every pass)."""
+        return None
+
+    def chain_for_pass(self, policy: Any, tree_nodes: int, tree_levels: int, max_chain: int) -> int:
+        """The main chain's length this pass, from `policy` (what earlier passes left in it) only, never
+        from this pass's drafts or draws (that keeps it lossless); here always `max_chain`."""
+        return max_chain
+
+    def observe_pass(self, policy: Any, pending: Pending, levels: int, accepted: int) -> None:
+        """After each verification: `accepted` of the `levels` drafts in `pending` were accepted (nothing here)."""
 
     # -- drafting --------------------------------------------------------------------------------
     def _extend(self, pending: Pending, start: int, count: int, vocab: int, gen: torch.Generator) -> Pending:
@@ -141,7 +178,8 @@ class SJDPACDecoder(Decoder):
         q_new = (torch.full((extra, vocab), 1.0 / vocab) if self.uniform_q
                  else torch.zeros(extra, vocab).scatter_(1, new[:, None], 1.0))
         return Pending(torch.cat([pending.tokens, new]), torch.cat([pending.q, q_new]),
-                       torch.cat([pending.fresh, torch.ones(extra, dtype=torch.bool)]))
+                       torch.cat([pending.fresh, torch.ones(extra, dtype=torch.bool)]),
+                       torch.cat([pending.age, torch.zeros(extra, dtype=torch.long)]))
 
     def _candidates(self, drafts: Pending, levels: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidates [L, K] (-1: none) and their q [L, K, V] at the first L = levels positions."""
@@ -169,21 +207,23 @@ class SJDPACDecoder(Decoder):
         done = 1
         pending = Pending(torch.empty(0, dtype=torch.long), torch.empty(0, vocab), torch.empty(0, dtype=torch.bool))
         passes: list[PassLog] = []
+        policy = self.chain_policy(model, sampling)
         while done < n:
-            # 1. levels after the root: the tree's, then the main chain's, cut at the grid's end
+            # 1. levels after the root: the tree's, then the main chain's, cut at the grid's end (and by the
+            # chain policy, from the passes before this one)
             start = done - 1
             tree_levels = min(self.tree_depth - 1, n - 1 - start)
-            chain = min(n - 1 - start - tree_levels, self.window - full_tree_size(self.tree_width, tree_levels))
+            tree_nodes = full_tree_size(self.tree_width, tree_levels)
+            chain = self.chain_for_pass(policy, tree_nodes, tree_levels,
+                                        min(n - 1 - start - tree_levels, self.window - tree_nodes))
             levels = tree_levels + chain
-            pending = self._extend(pending, done, levels, vocab, gen)
+            pending = self.new_drafts(pending, tokens[:done], levels, info.grid_shape[1], vocab, gen)
 
             # 2. candidates, the tree, its nodes' tokens and q
             cands, q_cands = self._candidates(pending, tree_levels, gen)  # [Lt, K], [Lt, K, V]
-            counts = tuple((cands >= 0).sum(1).tolist()) + (1,) * chain
-            tree = build_tree(counts, tree_levels)
+            tree = build_tree(tuple((cands >= 0).sum(1).tolist()) + (1,) * chain, tree_levels)
             node_tokens, node_q = _node_drafts(tree, tokens[start], cands, q_cands, pending, tree_levels)
-            depths = torch.tensor(tree.depths)
-            positions = start + depths  # [T]
+            positions = start + torch.tensor(tree.depths)  # [T]
             main = torch.tensor(tree.main)
             slots = torch.where(main, positions, n + (~main).long().cumsum(0) - 1)  # off-main: scratch slots
 
@@ -195,15 +235,16 @@ class SJDPACDecoder(Decoder):
             u = torch.rand(len(tree), generator=gen)  # [T] one uniform per node
 
             # 4. verify, then the token after the accepted path
-            verdict = self.verify(tree, p, node_q, node_tokens, u)
+            verdict = self.verify_pass(tree, p, node_q, node_tokens, u, ctx)
             path, accepted = verdict.path, len(verdict.path)
+            self.observe_pass(policy, pending, levels, accepted)
             final = sample(verdict.final[None], gen) if start + accepted + 1 < n else None  # [1]
             committed = node_tokens[path] if final is None else torch.cat([node_tokens[path], final])
             tokens[done:done + len(committed)] = committed
             off_main = [i for i in path if not tree.main[i]]
             if off_main:  # the accepted siblings' K/V to their canonical slots
                 model.copy_slots(slots[off_main], positions[off_main])
-            passes.append(_pass_log(step, start, tree, p, node_q, node_tokens, u, verdict, committed))
+            passes.append(self.pass_log(step, start, tree, p, node_q, node_tokens, u, verdict, committed))
             recorder.close_step(step, clock)
             done += len(committed)
 
@@ -224,8 +265,10 @@ class SJDPACDecoder(Decoder):
         p_stale = p[parents]  # [M, V]
         coupled, _ = maximal_coupling(p_stale, node_q[nodes], node_tokens[nodes], u[nodes], gen)  # [M]
         rest = max(levels, accepted + 1)  # pending index of the first position past the fed ones still open
+        age = pending.age[accepted + 1:accepted + 1 + len(nodes)] + 1  # node at depth d: pending index d - 1
         return Pending(torch.cat([coupled, pending.tokens[rest:]]), torch.cat([p_stale, pending.q[rest:]]),
-                       torch.cat([torch.zeros(len(nodes), dtype=torch.bool), pending.fresh[rest:]]))
+                       torch.cat([torch.zeros(len(nodes), dtype=torch.bool), pending.fresh[rest:]]),
+                       torch.cat([age, pending.age[rest:]]))
 
 
 def _node_drafts(tree: Tree, root: torch.Tensor, cands: torch.Tensor, q_cands: torch.Tensor, pending: Pending,

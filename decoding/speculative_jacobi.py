@@ -39,7 +39,7 @@ from decoding.drafts import DRAFT_INITS, initial_drafts, one_hot_q
 from decoding.params import param, validate_for_model
 from decoding.rules.exact import acceptance_ratio, first_rejection, residual
 from decoding.sampling import SamplingSettings, logits_to_probs, sample
-from decoding.window_policy import WINDOW_POLICIES, AcceptanceEstimate, choose_window, cost_curve
+from decoding.window_policy import RECHOOSE_EVERY, WINDOW_POLICIES, AgeAcceptance, choose_window, cost_curve
 from decoding.window_trace import PassLog, record_passes
 
 
@@ -88,7 +88,8 @@ class SpeculativeJacobi(Decoder):
                             "(SJD-PAC's get_multi_token_for_preparation)", advanced=True)
     window_policy: str = param("fixed", "window length per pass: always `window`, or the length up to `window` "
                                "that maximises expected committed tokens per second from this machine's measured "
-                               "forward cost and the running acceptance (lossless; decoding/window_policy.py)",
+                               "forward cost and this image's acceptance by depth and draft age (lossless; "
+                               "decoding/window_policy.py)",
                                choices=WINDOW_POLICIES, advanced=True)
 
     def __post_init__(self) -> None:
@@ -167,18 +168,22 @@ class SpeculativeJacobi(Decoder):
 
         done = 1
         drafts, q = torch.empty(0, dtype=torch.long), torch.empty(0, vocab)
+        ages = torch.empty(0, dtype=torch.long)  # [M] per pending draft: the passes that redrew it (hardware policy)
         passes: list[PassLog] = []
         curve = cost_curve(model, self.window, sampling.cfg_scale) if self.window_policy == "hardware" else None
-        acceptance = AcceptanceEstimate()
+        acceptance, chosen = AgeAcceptance(), self.window
         while done < n:
             # 2. the window: last committed token + drafts; it shrinks at the end of the grid; the hardware
             # policy picks its length from the passes before (never from this pass's draws: lossless)
             start = done - 1
             length = min(self.window, n - start)
             if curve is not None:
-                length = choose_window(curve, acceptance.rate, length)
+                if len(passes) % RECHOOSE_EVERY == 0:  # the model's arithmetic is not free: every few passes
+                    chosen = choose_window(curve, acceptance.hazards, length)
+                length = min(chosen, length)
             n_drafts, n_rows = length - 1, min(length, n - 1 - start)
             drafts, q = self.propose(drafts[:n_drafts], q[:n_drafts], tokens[:done], n_drafts, width, vocab, gen)
+            ages = _pad(ages[:n_drafts], n_drafts)  # new initial drafts: age 0
             step = recorder.new_step(start, length)
             logits = clock.forward(model.forward_window, torch.cat([tokens[start:done], drafts]), start).cpu()  # [L, V]
 
@@ -189,7 +194,7 @@ class SpeculativeJacobi(Decoder):
             # 4. verify, cut at the first rejection, replace or add a bonus token
             verdict = self.verify(p[:n_drafts], q, drafts, y[:n_drafts], gen, ctx)
             r = first_rejection(verdict.accepted)
-            acceptance.update(r, min(r + 1, n_drafts))
+            acceptance.update(ages[:r + 1].tolist(), r)
             res = self.resolve(p, q, drafts, y, verdict, r, gen, ctx)
 
             # 5. commit; the trace is filled after the last pass
@@ -199,6 +204,7 @@ class SpeculativeJacobi(Decoder):
             recorder.close_step(step, clock)
             done += len(committed)
             drafts, q = res.next_drafts, res.next_q
+            ages = _pad(ages[r + 1:], len(drafts)) + 1  # each redrawn from this pass's target
         record_passes(recorder.trace, passes)
         return tokens
 
@@ -207,3 +213,8 @@ def exact_acceptance(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor) -> 
     """min(1, p(x) / q(x)) [D] for p, q: [D, V] and drafts x: [D]."""
     index = drafts[:, None]
     return acceptance_ratio(p.gather(1, index)[:, 0], q.gather(1, index)[:, 0])
+
+
+def _pad(ages: torch.Tensor, count: int) -> torch.Tensor:
+    """`ages` [<= count] cut or padded with zeros (drafts that met no target yet) to `count`."""
+    return torch.cat([ages[:count], torch.zeros(max(0, count - len(ages)), dtype=torch.long)])
