@@ -26,7 +26,7 @@ compression 3.84 against 3.69 with uniform random ids (sjd-coupled: 3.30 against
 The hardware chain, measured with the earlier model (one pooled acceptance rate, geometric): 1.34 (window
 64) and 1.09 (window 32), slower than `ar` on the CPU: it counted only what a pass commits now, so it kept
 choosing short chains whose far drafts stayed fresh. With the depth-and-age model (fashion-mnist, 10
-images, one thread, loaded machine): 3.06 step compression, 1.12x `ar`'s wall clock, against 3.77 and
+images, one thread, loaded machine): 3.50 step compression, 0.92x `ar`'s wall clock, against 3.77 and
 0.78x at the fixed default (a 64-node pass costs ~2.9x a 1-token one on this CPU). Still
 `window_policy="fixed"` by default: the default is chosen for step compression, and the hardware chain's
 choices depend on a timed cost curve.

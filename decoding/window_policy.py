@@ -31,14 +31,15 @@ drafts of a long window at the rate of the shallow ones; measured, it kept windo
   [1, L] (`steady_state_tokens`, the reference, by bisection; `steady_state_curve`, every L at once, the
   fast path, tested equal; cached per table, `cached_steady_state`). With one rate for every depth and
   age it is the geometric E(L); with one row, an age-only model.
-- The prior, 0.9 per depth with the weight of one draft, stands in before there is data: an optimistic
+- The prior, 0.95 per depth with the weight of one draft, stands in before there is data: an optimistic
   start, so an image's first passes are long and deep depths that a short window never reaches still
-  look worth trying. Not literally "the full window until there is data": with 0.9 everywhere E(L) is at
-  most 10, so on a CPU curve the first pass is the length that pays for 0.9, and a curve on which longer
-  windows cannot pay (the steep one of tests/test_decoding_speclens.py, each node 10x a 1-token forward)
-  gets a short one from the start.
-- Tried and measured on 4 images (sjd-coupled, vertical, window 16, step compression; fixed: 2.90): one
-  row of ages only 1.78, one column of depths only 2.35, depth and age 2.40 (2.50 at window 24).
+  look worth trying (choosing every 4 passes, 0.9 gave 2.24 steps on the 4 images below, 0.95 2.60).
+  Not literally "the full window until there is data": with 0.95 everywhere E(L) is at most 20, so on a
+  CPU curve the first pass is the length that pays for 0.95, and a curve on which longer windows cannot
+  pay (the steep one of tests/test_decoding_speclens.py, each node 10x a 1-token forward) gets a short
+  one from the start (0.95 is about the most that test allows).
+- Tried and measured on 4 images (sjd-coupled, vertical, window 16, step compression; fixed: 2.90; prior
+  0.9): one row of ages only 1.78, one column of depths only 2.35, depth and age 2.40 (2.50 at window 24).
 
 - c(L) is measured once per (model, device, CFG batch, threads, window) at first use, before the
   decode clock starts (`Decoder.generate` -> `cost_curve`), from a few timed forwards per length after
@@ -62,12 +63,13 @@ drafts of a long window at the rate of the shallow ones; measured, it kept windo
 - Measured (`python -m decoding.benchmark --model fashion-mnist --threads 1 --seeds 1 --classes all
   --warmup 1`, 10 images, a shared loaded 2-core machine, the cost curves of this calibration; step
   compression = tokens / NFE, exact; speedup = wall clock of `ar` / the decoder's, indicative):
-  sjd-coupled init=vertical, fixed window 16: 2.99 steps, 1.52x; fixed 12: 2.89, 1.76x;
-  hardware (window 16): 2.25, 1.22x; hardware window 24: 2.86, 1.21x. speclens fixed (64): 3.77, 0.78x;
-  speclens hardware: 3.06, 1.12x. Before (one pooled rate, forward times length after length; brief's
-  run): hardware window 16 1.33 steps, 0.87x. So the hardware window no longer locks onto tiny windows
-  and beats the fixed default where the default is too long for the CPU (speclens at 64), but it does not
-  match the best fixed window of sjd-coupled in wall clock: it still picks 8-12 where 12-16 pays, and
+  sjd-coupled init=vertical, fixed window 16: 2.99 steps, 1.48x; fixed 12: 2.89, 1.61x;
+  hardware (window 16): 2.46, 1.10x; hardware window 24: 2.93, 1.20x. speclens fixed (64): 3.77, 0.78x;
+  speclens hardware: 3.50, 0.92x. Before (one pooled rate, forward times length after length; the same
+  command then): hardware window 16 1.33 steps, 0.87x. So the hardware window no longer locks onto tiny
+  windows (at window 24 it is within 2% of the fixed default's step compression) and beats the fixed
+  default where that is too long for the CPU (speclens at 64), but it does not match the best fixed
+  window of sjd-coupled in wall clock (1.20x against 1.61x): it still picks windows a little short, and
   the loop's overhead share is 0.19 against 0.12 (more, shorter passes and the model's arithmetic).
 
 Lossless: the length of pass t is a function of the passes before it (their accept/reject counts by
@@ -103,7 +105,7 @@ AGE_BINS = 16  # ages 0..15, the last one standing for 15 and older
 DEPTH_BINS = 32  # depths 1..32 in the window, the last one standing for 32 and deeper
 CELL_STRENGTH = 2.0  # pseudo-drafts of a (depth, age) cell at its depth's rate
 HAZARD_STEP = 0.02  # resolution of an estimated hazard
-PRIOR_HAZARD, PRIOR_STRENGTH = 0.9, 1.0  # one pseudo-draft per depth, accepted with 0.9 (see the docstring)
+PRIOR_HAZARD, PRIOR_STRENGTH = 0.95, 1.0  # one pseudo-draft per depth, accepted with 0.95 (see the docstring)
 # E in [1, L] to ~1e-13: the lower end of the bracket is returned, so that a flat model (no draft ever
 # accepted: E = 1 for every L) ties exactly and the shortest window wins
 BISECTION_STEPS = 48  # the reference

@@ -86,12 +86,14 @@ def test_drafts_that_improve_with_age_make_a_longer_window_pay():
 def test_no_data_is_the_prior_and_each_depth_is_monotone_in_age():
     empty = [[0] * AGE_BINS for _ in range(DEPTH_BINS)]
     table = age_hazards(empty, empty)
-    assert len(table) == DEPTH_BINS and all(h == pytest.approx(PRIOR_HAZARD) for row in table for h in row)
+    assert len(table) == DEPTH_BINS
+    assert all(h == pytest.approx(PRIOR_HAZARD, abs=HAZARD_STEP) for row in table for h in row)
     est = AgeAcceptance()
-    est.update([0], 0)  # depth 1, a fresh draft, rejected: depth 1's rate (0 + 0.9) / 2, its cell's 0.9 / 3
+    est.update([0], 0)  # depth 1, a fresh draft, rejected: depth 1's rate (0 + prior) / 2, its cell's (2 / 3) of that
     h = est.hazards
-    assert h[0][0] == pytest.approx(0.3, abs=HAZARD_STEP) and h[0][1] == pytest.approx(0.45, abs=HAZARD_STEP)
-    assert h[1][0] == pytest.approx(PRIOR_HAZARD)  # depth 2: no data yet
+    assert h[0][0] == pytest.approx(PRIOR_HAZARD / 3, abs=HAZARD_STEP)
+    assert h[0][1] == pytest.approx(PRIOR_HAZARD / 2, abs=HAZARD_STEP)
+    assert h[1][0] == pytest.approx(PRIOR_HAZARD, abs=HAZARD_STEP)  # depth 2: no data yet
     est.update([5, 4, 3, 3], 3)  # three old drafts accepted, the fourth rejected
     est.update([3], 0)
     assert [est.tested[d][a] for d, a in ((0, 0), (0, 3), (0, 5), (1, 4), (2, 3), (3, 3))] == [1, 1, 1, 1, 1, 1]
