@@ -393,9 +393,13 @@ def cost_curve(model: Any, max_length: int, cfg_scale: float) -> tuple[float, ..
     return curve
 
 
+CURVE_VERSION = "v2"  # the measuring method: curves stored by an older method are measured again
+
+
 def _key(model: Any, max_length: int, cfg_scale: float) -> tuple:
     device = str(getattr(model, "device", "cpu"))
-    return (model.info.name, device, 2 if cfg_scale > 1.0 else 1, torch.get_num_threads(), int(max_length))
+    return (CURVE_VERSION, model.info.name, device, 2 if cfg_scale > 1.0 else 1, torch.get_num_threads(),
+            int(max_length))
 
 
 def cache_dir() -> Path | None:
