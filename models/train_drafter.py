@@ -130,7 +130,7 @@ def main(argv=None) -> None:
     loss_fn = eagle_loss if args.kind == "eagle" else medusa_loss
     opt = torch.optim.AdamW(drafter.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
-    noise_gen = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    noise_gen = torch.Generator(device=args.device)  # EAGLE's feature noise, reseeded every step
     step = load_training_state(out / "last.pt", drafter, opt, gen)
     t0 = time.time()
     with open(out / "log.jsonl", "a") as log:
@@ -138,6 +138,7 @@ def main(argv=None) -> None:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, args)
             idx = torch.randint(0, len(tr_t), (args.batch,), generator=gen).to(args.device)
+            noise_gen.manual_seed(args.seed * 1_000_003 + step + 1)  # a function of (seed, step): resumes exactly
             drafter.train()
             loss, agree = loss_fn(drafter, tr_f[idx], tr_t[idx], args, noise_gen)
             opt.zero_grad(set_to_none=True)

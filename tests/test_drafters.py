@@ -169,6 +169,16 @@ def test_train_drafter_runs_and_resumes(tmp_path, kind):
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in log)
     drafter = load_drafter(tmp_path / "run" / "drafter.pt", load_model("tiny-fixture").gpt)
     assert drafter.config.kind == kind
+    # an interrupted run ends where an uninterrupted one does (warm-up only: the LR does not depend on --max-steps)
+    def elsewhere(name):
+        at = common.index("--out") + 1
+        return common[:at] + [str(tmp_path / name)] + common[at + 1:] + ["--warmup", "100"]
+    train(elsewhere("once") + ["--max-steps", "3"])
+    train(elsewhere("twice") + ["--max-steps", "2"])
+    train(elsewhere("twice") + ["--max-steps", "3"])
+    a = torch.load(tmp_path / "once" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "twice" / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_lantern_eagle_without_neighbours_is_eagle(model):
