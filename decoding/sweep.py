@@ -243,7 +243,8 @@ def run_units(model, units: list[Unit], sampling: SamplingSettings, out_dir: str
     store = UnitStore(out_dir)
     specs = {u.key: u.spec(model.info.name, sampling) for u in units}
     with process_group(world, str(model.device)) as dist:
-        mine = [u for u in shard(units, rank, world) if u.key not in store.records(specs)]
+        done = store.records(specs)  # read once: the files hold every finished unit (tens of MB with traces)
+        mine = [u for u in shard(units, rank, world) if u.key not in done]
         done_before = len(shard(units, rank, world)) - len(mine)
         decoders = {u.arm.label: make_decoder(u.arm.decoder, **u.arm.params) for u in units}
         for label in dict.fromkeys(u.arm.label for u in mine):  # untimed: builds caches first
