@@ -161,11 +161,18 @@ def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[
     fig, ax = plt.subplots(figsize=(7.5, 5.0), constrained_layout=True)
     if floor is not None and all(np.isfinite(floor)):
         ax.axhspan(floor[0], floor[1], color="#BBBBBB", alpha=0.35, lw=0, label="ar vs ar (other seeds), 95%")
+    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    x_span = (max(xs) - min(xs)) or 1.0 if points else 1.0
+    y_span = (max(ys) - min(ys)) or 1.0 if points else 1.0
+    below: list[bool] = []  # a label goes below its point when an earlier label near it went above
     for i, p in enumerate(points):
         y, lo, hi = p["y"], p.get("y_lo", p["y"]), p.get("y_hi", p["y"])
         err = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
         ax.errorbar([p["x"]], [y], yerr=err, fmt="o", ms=7, capsize=4, color=decoder_colour(i), label=p["name"])
-        ax.annotate(p["name"], (p["x"], y), xytext=(6, 6), textcoords="offset points", fontsize=9)
+        near = [below[j] for j in range(i) if abs(xs[j] - p["x"]) < 0.15 * x_span and abs(ys[j] - y) < 0.2 * y_span]
+        below.append(bool(near) and not near[-1])
+        ax.annotate(p["name"], (p["x"], y), xytext=(6, -14 if below[-1] else 6), textcoords="offset points",
+                    fontsize=9)
     ax.set_xlabel("step compression (tokens / forward pass)  →  faster")
     ax.set_ylabel(y_label + ("  (lower is better)" if lower_is_better else "  (higher is better)"))
     ax.set_title(title, fontsize=11)

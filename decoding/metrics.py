@@ -4,7 +4,7 @@ Notation: `real` [M, D] are reference features (the 10,000 Fashion-MNIST test im
 classifier's penultimate layer), `fake` [N, D] the generated samples' features. None of these is
 Inception FID: the Fréchet distance here is named "FD in SpecLens-classifier space" and its numbers
 are not comparable to published FIDs. Intervals are bootstrap percentile intervals over resamples
-of the generated set (the reference set is fixed), seeded.
+of the generated set (the reference set is fixed), seeded; FD's is shifted by the bootstrap's median bias.
 
 - `frechet_distance`: Heusel et al. 2017 (the FID formula) on any features.
 - `kid`: Bińkowski et al. 2018, unbiased MMD^2 with the kernel (x.y / D + 1)^3, mean over subsets.
@@ -227,9 +227,13 @@ def knn_metrics(real: np.ndarray, fake: np.ndarray, k_pr: int = 3, k_dc: int = 5
 
 # -- bootstrap --------------------------------------------------------------------------------------
 def bootstrap_interval(statistic: Callable[[np.ndarray], float | dict], n: int, resamples: int = 200,
-                       seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]] | tuple[float, float]:
+                       seed: int = 0, level: float = 0.95,
+                       centre: float | None = None) -> dict[str, tuple[float, float]] | tuple[float, float]:
     """Percentile interval of `statistic(idx)` over `resamples` resamples idx of range(n) with
-    replacement (Efron & Tibshirani 1993, ch. 13). A statistic returning a dict gets one interval per key."""
+    replacement (Efron & Tibshirani 1993, ch. 13). A statistic returning a dict gets one interval per key.
+    centre: the statistic's value on the whole sample; the interval is then shifted by the bootstrap's
+    median bias (median of the resampled values - centre), for a statistic that a resample's duplicates
+    bias (FD), so that the interval keeps the resamples' spread around the point, not above it."""
     if resamples < 2:
         raise ValueError(f"bootstrap resamples must be >= 2, got {resamples}")
     if not 0 < level < 1:
@@ -238,8 +242,11 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float | dict], n: int, 
     values = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     if isinstance(values[0], dict):
+        if centre is not None:
+            raise ValueError("centre applies to a statistic with one value, not a dict")
         return {k: tuple(float(v) for v in np.percentile([x[k] for x in values], [lo, hi])) for k in values[0]}
-    return tuple(float(v) for v in np.percentile(values, [lo, hi]))
+    shift = 0.0 if centre is None else float(np.median(values)) - float(centre)
+    return tuple(float(v) - shift for v in np.percentile(values, [lo, hi]))
 
 
 def kid_full_resample(kxx: np.ndarray, yy_term: float, kxy_row_mean: np.ndarray, idx: np.ndarray) -> float:
@@ -260,7 +267,9 @@ def distribution_metrics(real: np.ndarray, fake: np.ndarray, hits: np.ndarray | 
     hits: [N] bool, the classifier's argmax == the requested class (class-consistency), optional.
     KID's point value follows Bińkowski's subsets; its interval resamples the full-set unbiased MMD^2.
     FD is biased upwards at finite N, and more so on a resample (its copies make it a smaller
-    sample), so FD's percentile interval can sit above its point value: read it as the spread.
+    sample), so its plain percentile interval sits above its point value (at 200 samples of the
+    bundled model, the whole interval did); FD's interval is the percentile interval shifted by the
+    bootstrap's median bias (`bootstrap_interval(centre=fd)`): the resamples' spread around the point.
     Precision/recall/density/coverage compare against `prdc_real` (default `real`; Naeem et al. use
     as many real as generated samples). real_kernel_mean: `offdiagonal_mean(real)` when already known
     (it is the same for every decoder compared against one reference)."""
@@ -269,7 +278,8 @@ def distribution_metrics(real: np.ndarray, fake: np.ndarray, hits: np.ndarray | 
     mu_r, s_r = gaussian_stats(real)
     out: dict = {"samples": n, "reference": len(real)}
     fd = frechet_from_stats(mu_r, s_r, *gaussian_stats(fake))
-    fd_ci = bootstrap_interval(lambda i: frechet_from_stats(mu_r, s_r, *gaussian_stats(fake[i])), n, resamples, seed)
+    fd_ci = bootstrap_interval(lambda i: frechet_from_stats(mu_r, s_r, *gaussian_stats(fake[i])), n, resamples, seed,
+                               centre=fd)
     out["fd"], out["fd_ci"] = fd, fd_ci
     kid_mean, kid_std = kid(real, fake, kid_subsets, kid_subset_size, seed)
     yy = offdiagonal_mean(real) if real_kernel_mean is None else real_kernel_mean

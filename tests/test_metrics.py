@@ -180,3 +180,24 @@ def test_total_variation_of_known_histograms():
     assert tv == pytest.approx({"position_tv": 0.375, "position_tv_max": 0.5, "bigram_tv": 0.5})
     with pytest.raises(ValueError, match="same T"):
         metrics.token_tv(a, b[:, :1], 2)
+
+
+def test_fd_interval_is_centred_on_its_point():
+    """FD's bootstrap resamples are biased upwards (their duplicates); the reported interval is shifted by
+    the median bias so that it holds the point value, while the plain percentile interval does not."""
+    from decoding.metrics import bootstrap_interval, frechet_from_stats, gaussian_stats
+
+    rng = np.random.default_rng(3)
+    real, fake = rng.normal(size=(2000, 16)), rng.normal(size=(200, 16))
+    mu_r, s_r = gaussian_stats(real)
+    stat = lambda i: frechet_from_stats(mu_r, s_r, *gaussian_stats(fake[i]))  # noqa: E731
+    point = stat(np.arange(200))
+    plain = bootstrap_interval(stat, 200, 100, seed=0)
+    centred = bootstrap_interval(stat, 200, 100, seed=0, centre=point)
+    assert plain[0] > point  # the symptom: the whole percentile interval above the point
+    assert centred[0] < point < centred[1]
+    assert centred[1] - centred[0] == pytest.approx(plain[1] - plain[0])  # the same spread
+    assert bootstrap_interval(lambda i: float(i.mean()), 50, 20, centre=None) == bootstrap_interval(
+        lambda i: float(i.mean()), 50, 20)
+    with pytest.raises(ValueError, match="centre applies to a statistic with one value"):
+        bootstrap_interval(lambda i: {"a": 1.0}, 10, 5, centre=1.0)
