@@ -162,8 +162,8 @@ def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[
     if floor is not None and all(np.isfinite(floor)):
         ax.axhspan(floor[0], floor[1], color="#BBBBBB", alpha=0.35, lw=0, label="ar vs ar (other seeds), 95%")
     xs, ys = [p["x"] for p in points], [p["y"] for p in points]
-    x_span = (max(xs) - min(xs)) or 1.0 if points else 1.0
-    y_span = (max(ys) - min(ys)) or 1.0 if points else 1.0
+    x_span = (max(xs) - min(xs) if xs else 0.0) or 1.0  # the axes' spans, 1 for a single point
+    y_span = (max(ys) - min(ys) if ys else 0.0) or 1.0
     below: list[bool] = []  # a label goes below its point when an earlier label near it went above
     for i, p in enumerate(points):
         y, lo, hi = p["y"], p.get("y_lo", p["y"]), p.get("y_hi", p["y"])
