@@ -79,7 +79,8 @@ def test_benchmark_runs_and_saves(tmp_path):
 
 
 # -- side by side with the official LlamaGen code -------------------------------------------------
-LLAMAGEN_GIT = Path(os.environ.get("SPECLENS_LLAMAGEN_GIT", "/work/.mirror/FoundationVision+LlamaGen/repo"))
+# a bare git mirror (or any git repository) of FoundationVision/LlamaGen, named by the environment only
+LLAMAGEN_GIT = Path(os.environ["SPECLENS_LLAMAGEN_GIT"]) if os.environ.get("SPECLENS_LLAMAGEN_GIT") else None
 
 
 def test_official_llamagen_option_is_parsed():
@@ -124,8 +125,8 @@ def test_import_official_puts_the_checkout_first_and_restores_utils(tmp_path, mo
 @pytest.fixture(scope="module")
 def llamagen_checkout(tmp_path_factory) -> Path:
     """`git archive HEAD autoregressive utils` of the LlamaGen mirror; skipped where there is none."""
-    if not (LLAMAGEN_GIT / "HEAD").is_file() or shutil.which("git") is None:
-        pytest.skip(f"no FoundationVision/LlamaGen git mirror at {LLAMAGEN_GIT} (set SPECLENS_LLAMAGEN_GIT)")
+    if LLAMAGEN_GIT is None or not (LLAMAGEN_GIT / "HEAD").is_file() or shutil.which("git") is None:
+        pytest.skip(f"no FoundationVision/LlamaGen git mirror at SPECLENS_LLAMAGEN_GIT={LLAMAGEN_GIT}")
     archive = subprocess.run(["git", "-C", str(LLAMAGEN_GIT), "archive", "HEAD", "autoregressive", "utils"],
                              capture_output=True, check=True).stdout
     root = tmp_path_factory.mktemp("llamagen")
