@@ -162,12 +162,10 @@ def load_classifier_or_none(path: str, model_name: str):
     except ImportError:
         return None
     if path == "auto":
-        if model_name != "fashion-mnist":
-            return None
-        from models.registry import ASSETS
+        from models.registry import classifier_path
 
-        path = str(ASSETS / "fashion_mnist_classifier.pt")
-        if not Path(path).exists():
+        path = classifier_path(model_name)
+        if path is None:
             return None
     return load_classifier(path)
 

@@ -23,8 +23,8 @@ Reported per decoder, with bootstrap 95% intervals over the generated set (seede
   position_tv, bigram_tv  token-level check against ar: mean over positions of the total variation
                      between the token distributions (raster bigrams for bigram_tv); a lossless decoder
                      should sit at the noise floor's value
-Features need the shipped classifier (fashion-mnist). For other models (LlamaGen) speed and token TV
-are reported, and Inception FID with --inception-fid REF.npz when `pytorch-fid` is installed.
+Features need the shipped classifier (the bundled fashion-mnist models). For other models (LlamaGen) speed
+and token TV are reported, and Inception FID with --inception-fid REF.npz when `pytorch-fid` is installed.
 Files in --out: quality.json, quality.csv, frontier.png (step compression against FD), grids/*.png
 (samples per class) and units/ (one record per image, with its trace).
 """
@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--classifier", default="auto", help="'auto' (the shipped one for fashion-mnist), 'none' or a path")
+    ap.add_argument("--classifier", default="auto",
+                    help="'auto' (the shipped one for the bundled Fashion-MNIST models), 'none' or a path")
     ap.add_argument("--reference", default="auto", choices=["auto", "debian", "subset"],
                     help="Fashion-MNIST test images: Debian's 10,000 (auto when installed) or the shipped 1,000")
     ap.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval (default 200)")

@@ -367,11 +367,11 @@ def run_sweep(model, decoder: str, base_settings: dict, parameter: str, values: 
 
 
 def default_classifier(model):
-    """The shipped Fashion-MNIST classifier for the bundled model, None for other models."""
-    from models.registry import ASSETS, DEFAULT_MODEL
+    """The shipped Fashion-MNIST classifier for the bundled models, None for other models."""
+    from models.registry import classifier_path
 
-    path = ASSETS / "fashion_mnist_classifier.pt"
-    if model.info.name != DEFAULT_MODEL or not path.exists():
+    path = classifier_path(model.info.name)
+    if path is None:
         return None
     from models.classifier import load_classifier
 

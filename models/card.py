@@ -35,15 +35,18 @@ def reconstruction_report(vq, images: np.ndarray, batch: int = 500) -> dict:
             "perplexity": round(perplexity, 1)}
 
 
-def plot_curves(logs: Path, out: Path) -> None:
+def plot_curves(logs: Path, out: Path, vq_log: Path | None = None, gpt_log: Path | None = None,
+                title: str = "") -> None:
+    """training_curves.png from `vq_log` and `gpt_log` (default: logs/vq_log.jsonl, logs/gpt_log.jsonl)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    paths = {"vq": vq_log or logs / "vq_log.jsonl", "gpt": gpt_log or logs / "gpt_log.jsonl"}
     for ax, name, keys in ((axes[0], "vq", ("val_mse01",)), (axes[1], "gpt", ("train_loss", "val_loss"))):
-        path = logs / f"{name}_log.jsonl"
+        path = Path(paths[name])
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -55,6 +58,8 @@ def plot_curves(logs: Path, out: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     with atomic_file(out / "training_curves.png") as f:
         fig.savefig(f, format="png", dpi=110)
@@ -64,6 +69,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vq", default="assets/fashion_mnist_vq.pt")
     ap.add_argument("--logs", default="assets/training", help="folder with vq_log.jsonl and gpt_log.jsonl")
+    ap.add_argument("--vq-log", default=None, help="the VQ's JSON-lines log (default: LOGS/vq_log.jsonl)")
+    ap.add_argument("--gpt-log", default=None, help="the GPT's JSON-lines log (default: LOGS/gpt_log.jsonl)")
+    ap.add_argument("--title", default="", help="figure title (e.g. the model's name)")
     ap.add_argument("--out", default="assets/card")
     ap.add_argument("--source", default="auto", choices=["auto", "debian", "subset"])
     ap.add_argument("--threads", type=int, default=2)
@@ -75,7 +83,7 @@ def main(argv=None) -> None:
     report = reconstruction_report(build_vq(Path(a.vq)).eval(), images)
     with atomic_file(out / "vq_reconstruction.json") as f:
         f.write(json.dumps(report, indent=2).encode())
-    plot_curves(Path(a.logs), out)
+    plot_curves(Path(a.logs), out, a.vq_log and Path(a.vq_log), a.gpt_log and Path(a.gpt_log), a.title)
     print(json.dumps(report, indent=2))
 
 

@@ -32,6 +32,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "llamagen"
 IMAGENET_CLASSES = ASSETS / "imagenet_classes.txt"
 HUB_REPO = "FoundationVision/LlamaGen"
 DEFAULT_MODEL = "fashion-mnist"
+FASHION_MNIST_CLASSIFIER = "fashion_mnist_classifier.pt"
 
 # Bounds on a stored config, generous for official LlamaGen (GPT-3B: dim 3200, 48 layers; 1024 tokens at 512px)
 # and small enough that the modules built from them, and their causal-mask tables, fit in memory.
@@ -58,6 +59,7 @@ class ModelSpec:
     gpt_preset: str | None = None
     image_size: int = 256
     vq_preset: str = "VQ-16"
+    classifier: str | None = None  # a bundled classifier file that scores this model's images (quality metrics)
 
 
 def _llamagen(size: str, res: int) -> ModelSpec:
@@ -67,8 +69,12 @@ def _llamagen(size: str, res: int) -> ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec for spec in [
-        ModelSpec(DEFAULT_MODEL, "Bundled: LlamaGen-architecture GPT + VQ trained on Fashion-MNIST (14x14 tokens)",
-                  "fashion_mnist_gpt.pt", "fashion_mnist_vq.pt", "bundled"),
+        ModelSpec(DEFAULT_MODEL, "Bundled: LlamaGen-architecture GPT + VQ trained on Fashion-MNIST (14x14 tokens, "
+                  "1024 codes)", "fashion_mnist_gpt.pt", "fashion_mnist_vq.pt", "bundled",
+                  classifier=FASHION_MNIST_CLASSIFIER),
+        ModelSpec("fashion-mnist-16k", "Bundled: the same recipe with LlamaGen VQ-16's codebook shape (16384 x 8 "
+                  "codes, 14x14 tokens)", "fashion_mnist_16k_gpt.pt", "fashion_mnist_16k_vq.pt", "bundled",
+                  classifier=FASHION_MNIST_CLASSIFIER),
         _llamagen("B", 256), _llamagen("B", 384), _llamagen("L", 256), _llamagen("L", 384), _llamagen("XL", 384),
         ModelSpec("tiny-fixture", "Tiny random LlamaGen (golden test fixture, 4x4 tokens)", "gpt_tiny.pt",
                   "vq_tiny.pt", "fixture"),
@@ -79,6 +85,14 @@ MODELS: dict[str, ModelSpec] = {
 DRAFTERS: dict[str, dict[str, str]] = {
     DEFAULT_MODEL: {"eagle": "fashion_mnist_eagle.pt", "medusa": "fashion_mnist_medusa.pt"},
 }
+
+
+def classifier_path(name: str) -> Path | None:
+    """The bundled classifier that scores model `name`'s images (class-consistency, FD features), None when the
+    model has none (LlamaGen: ImageNet needs pretrained networks) or its file is missing."""
+    spec = MODELS.get(name)
+    path = ASSETS / spec.classifier if spec is not None and spec.classifier else None
+    return path if path is not None and path.is_file() else None
 
 
 def weights_dir() -> Path:

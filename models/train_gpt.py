@@ -38,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--n-layer", type=int, default=BUNDLED_GPT["n_layer"])
     p.add_argument("--n-head", type=int, default=BUNDLED_GPT["n_head"])
     p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--codebook-init", action="store_true",
+                   help="start the token embeddings and output rows as random projections of the VQ's code "
+                        "vectors (near-duplicate codes start alike; see init_from_codebook)")
     return p.parse_args(argv)
 
 
@@ -56,6 +59,25 @@ def tokenize(vq: VQModel, images: np.ndarray, batch: int = 500) -> np.ndarray:
         _, codes, _ = vq.encode(to_model_range(images[i:i + batch].copy()))
         out.append(codes.flatten(1).numpy().astype(np.int16))
     return np.concatenate(out)
+
+
+@torch.no_grad()
+def init_from_codebook(gpt: GPT, codebook: torch.Tensor, seed: int) -> None:
+    """Start code v's input embedding and output row from a random linear image of its VQ vector.
+
+    LlamaGen draws the embeddings i.i.d. (std 0.02) and zeroes the output layer, so each of 16384 codes learns
+    alone from its ~700 occurrences per epoch. Here embedding_v = 0.02 (c_v P) + 0.01 noise and output_v = 0.02 c_v Q
+    (c_v: the l2-normalised code vector, P, Q: seeded Gaussian [D, dim]): codes whose vectors nearly coincide
+    (the near-duplicates that make real tokenizers ambiguous) start with nearly the same embedding and logit, and
+    training separates them where the data does. Architecture, loss and optimiser are unchanged; only the
+    starting point differs from the official recipe."""
+    gen = torch.Generator().manual_seed(seed)
+    c = codebook.float()
+    dim = gpt.tok_embeddings.weight.shape[1]
+    proj_in, proj_out = (torch.randn(c.shape[1], dim, generator=gen) for _ in range(2))
+    noise = torch.randn(gpt.tok_embeddings.weight.shape, generator=gen)
+    gpt.tok_embeddings.weight.copy_(0.02 * (c @ proj_in) + 0.01 * noise)
+    gpt.output.weight.copy_(0.02 * (c @ proj_out))
 
 
 def lr_at(step: int, args) -> float:
@@ -95,7 +117,10 @@ def main(argv=None) -> None:
     val_t, val_y, tr_t, tr_y = tokens[-n_val:], labels[-n_val:], tokens[:-n_val], labels[:-n_val]
     cfg = GPTConfig(**{**BUNDLED_GPT, "dim": args.dim, "n_layer": args.n_layer, "n_head": args.n_head,
                        "vocab_size": vq.config.codebook_size, "block_size": tokens.shape[1]})
-    gpt = GPT(cfg).to(args.device)
+    gpt = GPT(cfg)
+    if args.codebook_init:
+        init_from_codebook(gpt, vq.quantize.codebook(), args.seed)
+    gpt = gpt.to(args.device)
     opt = make_optimizer(gpt, args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     step = load_training_state(out / "last.pt", gpt, opt, gen)

@@ -149,3 +149,14 @@ def test_card_curves_written_from_logs(tmp_path):
     (tmp_path / "vq_log.jsonl").write_text(json.dumps({"step": 1, "val_mse01": 0.01}))
     plot_curves(tmp_path, tmp_path)
     assert (tmp_path / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_card_curves_from_logs_named_one_by_one(tmp_path):
+    import json
+
+    from models.card import plot_curves
+
+    (tmp_path / "a.jsonl").write_text(json.dumps({"step": 1, "val_mse01": 0.01}))
+    (tmp_path / "b.jsonl").write_text(json.dumps({"step": 1, "train_loss": 9.0, "val_loss": 9.1}))
+    plot_curves(tmp_path / "none", tmp_path, tmp_path / "a.jsonl", tmp_path / "b.jsonl", title="fashion-mnist-16k")
+    assert (tmp_path / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

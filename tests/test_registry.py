@@ -208,3 +208,9 @@ def test_whole_float_integers_are_stored_as_int():
     assert type(SamplingSettings(top_k=3.0).top_k) is int
     with pytest.raises(ValueError, match="window must be an integer"):
         make_decoder("sjd", window=7.5)
+
+
+def test_both_bundled_models_are_scored_by_the_shipped_classifier():
+    shipped = registry.ASSETS / registry.FASHION_MNIST_CLASSIFIER
+    assert registry.classifier_path("fashion-mnist") == shipped == registry.classifier_path("fashion-mnist-16k")
+    assert registry.classifier_path("llamagen-c2i-B-256") is None and registry.classifier_path("nope") is None

@@ -326,13 +326,15 @@ def no_hub(monkeypatch):
 
 
 def test_available_models_lists_only_what_is_here(weights, no_hub, monkeypatch):
-    assert registry.available_models(allow_download=False) == ["fashion-mnist"]
+    bundled = [n for n, s in registry.MODELS.items() if s.source == "bundled"]
+    assert bundled[0] == "fashion-mnist" and "fashion-mnist-16k" in bundled
+    assert registry.available_models(allow_download=False) == bundled
     hub = [n for n, s in registry.MODELS.items() if s.source == "hub"]
-    assert registry.available_models(allow_download=True) == ["fashion-mnist", *hub]
+    assert registry.available_models(allow_download=True) == [*bundled, *hub]
     (weights / "c2i_B_256.pt").write_bytes(b"x")
-    assert registry.available_models(allow_download=False) == ["fashion-mnist"]
+    assert registry.available_models(allow_download=False) == bundled
     (weights / "vq_ds16_c2i.pt").write_bytes(b"x")
-    assert registry.available_models(allow_download=False) == ["fashion-mnist", "llamagen-c2i-B-256"]
+    assert registry.available_models(allow_download=False) == [*bundled, "llamagen-c2i-B-256"]
     monkeypatch.setattr(registry, "ASSETS", weights / "no-assets")
     assert registry.available_models(allow_download=False) == ["llamagen-c2i-B-256"]
     assert "tiny-fixture" not in registry.available_models(True) and "tiny-fixture" in registry.MODELS

@@ -92,3 +92,25 @@ def test_classifier_wrapper_validates_input():
     assert clf.predict(np.zeros((3, 28, 28, 3), np.uint8)).shape == (3,)
     with pytest.raises(ValueError, match="28x28"):
         clf.predict(np.zeros((2, 32, 32), np.uint8))
+
+
+def test_codebook_init_gives_near_duplicate_codes_near_embeddings_and_logits():
+    from models.gpt import GPT, GPTConfig
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(16, 8, generator=gen), dim=-1)
+    twins = torch.nn.functional.normalize(base + 1e-3 * torch.randn(16, 8, generator=gen), dim=-1)
+    codebook = torch.cat([base, twins])  # code i and code 16 + i nearly coincide
+    cfg = GPTConfig(**{**train_gpt.BUNDLED_GPT, "dim": 64, "n_layer": 1, "n_head": 2, "vocab_size": 32,
+                       "block_size": 16})
+    gpt = GPT(cfg)
+    assert not gpt.output.weight.any()  # the official start: a zero output layer
+    train_gpt.init_from_codebook(gpt, codebook, seed=3)
+    emb, out = gpt.tok_embeddings.weight, gpt.output.weight
+    dist = lambda w: torch.cdist(w, w)  # noqa: E731
+    twin_gap = dist(emb)[torch.arange(16), torch.arange(16) + 16].mean()
+    assert twin_gap < 0.5 * dist(emb)[:16, :16].sum() / (16 * 15)  # twins much closer than other codes
+    assert torch.allclose(out[:16], out[16:], atol=1e-3) and out.abs().max() > 0.01
+    again = GPT(cfg)
+    train_gpt.init_from_codebook(again, codebook, seed=3)
+    assert torch.equal(again.tok_embeddings.weight, emb) and torch.equal(again.output.weight, out)
