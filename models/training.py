@@ -135,3 +135,40 @@ def start_run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _compact(obj):
+    """The same nested state with every floating-point tensor of more than one element in bfloat16."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(torch.bfloat16) if obj.is_floating_point() and obj.numel() > 1 else obj
+    if isinstance(obj, dict):
+        return {k: _compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_compact(v) for v in obj)
+    return obj
+
+
+def compact_training_state(src: Path, dst: Path) -> None:
+    """A copy of a training state small enough to commit: weights and optimiser moments in bfloat16 (half the
+    size; bfloat16 keeps float32's range, so Adam's second moments do not underflow as in float16), step and
+    RNG states as they are. A run resumed from it continues from weights rounded to bfloat16 (`load_into` and
+    the optimiser cast back to float32): close to, not bit-identical with, the uninterrupted run."""
+    state = load_torch_file(Path(src))
+    missing = [k for k in TRAINING_STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{src}: not a training state: missing key {missing[0]!r}")
+    atomic_torch_save(_compact(state), Path(dst))
+
+
+if __name__ == "__main__":
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m models.training",
+                                 description="compact SRC DST: a bfloat16 copy of a training state (to commit)")
+    ap.add_argument("command", choices=["compact"])
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    a = ap.parse_args(sys.argv[1:])
+    compact_training_state(Path(a.src), Path(a.dst))
+    sizes = [Path(p).stat().st_size / 2**20 for p in (a.src, a.dst)]
+    print(f"{a.src} ({sizes[0]:.1f} MiB) -> {a.dst} ({sizes[1]:.1f} MiB)")
