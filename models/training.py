@@ -80,7 +80,8 @@ def load_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimize
     step = state["step"]
     if type(step) is not int or step < 0:
         raise CheckpointError(f"{path}: key 'step' must be an integer >= 0, found {step!r}")
-    _restore(path, "opt", lambda: opt.load_state_dict(state["opt"]))
+    if state["opt"] is not None:  # None: a compact state without optimiser moments (Adam starts afresh)
+        _restore(path, "opt", lambda: opt.load_state_dict(state["opt"]))
     _restore(path, "gen", lambda: gen.set_state(state["gen"]))
     if "torch_rng" in state:
         _restore(path, "torch_rng", lambda: torch.set_rng_state(state["torch_rng"]))
@@ -148,16 +149,21 @@ def _compact(obj):
     return obj
 
 
-def compact_training_state(src: Path, dst: Path) -> None:
-    """A copy of a training state small enough to commit: weights and optimiser moments in bfloat16 (half the
-    size; bfloat16 keeps float32's range, so Adam's second moments do not underflow as in float16), step and
-    RNG states as they are. A run resumed from it continues from weights rounded to bfloat16 (`load_into` and
-    the optimiser cast back to float32): close to, not bit-identical with, the uninterrupted run."""
+def compact_training_state(src: Path, dst: Path, keep_optimizer: bool = False) -> None:
+    """A copy of a training state small enough to commit: the weights in bfloat16 (half the size), step and RNG
+    states as they are, and the optimiser's moments only with `keep_optimizer` (in bfloat16, whose float32 range
+    keeps Adam's second moments from underflowing as in float16). Without them a resumed run restarts Adam's
+    moments (and its bias correction) from zero at the saved step and learning rate: a warm restart. Either way
+    it continues from weights rounded to bfloat16 (`load_into` casts back to float32): close to, not
+    bit-identical with, the uninterrupted run. (At vocabulary 16384 the full state is 135 MB, the moments in
+    bfloat16 add 47 MB, the weights alone are 24 MB.)"""
     state = load_torch_file(Path(src))
     missing = [k for k in TRAINING_STATE_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{src}: not a training state: missing key {missing[0]!r}")
-    atomic_torch_save(_compact(state), Path(dst))
+    small = {**state, "opt": _compact(state["opt"]) if keep_optimizer else None}
+    small["model"] = _compact(state["model"])
+    atomic_torch_save(small, Path(dst))
 
 
 if __name__ == "__main__":
@@ -168,7 +174,8 @@ if __name__ == "__main__":
     ap.add_argument("command", choices=["compact"])
     ap.add_argument("src")
     ap.add_argument("dst")
+    ap.add_argument("--keep-optimizer", action="store_true", help="keep Adam's moments too (about 3x the size)")
     a = ap.parse_args(sys.argv[1:])
-    compact_training_state(Path(a.src), Path(a.dst))
+    compact_training_state(Path(a.src), Path(a.dst), a.keep_optimizer)
     sizes = [Path(p).stat().st_size / 2**20 for p in (a.src, a.dst)]
     print(f"{a.src} ({sizes[0]:.1f} MiB) -> {a.dst} ({sizes[1]:.1f} MiB)")
