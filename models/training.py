@@ -44,15 +44,27 @@ def save_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimize
     atomic_torch_save(state, path)
 
 
-def _to_cpu(obj):
-    """The same nested dicts/lists with every tensor on the CPU (a state written on a GPU loads anywhere)."""
+def _map_tensors(obj, fn):
+    """The same nested dicts/lists/tuples with fn applied to every tensor."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(_map_tensors(v, fn) for v in obj)
     return obj
+
+
+def _to_cpu(obj):
+    """Every tensor on the CPU (a state written on a GPU loads anywhere)."""
+    return _map_tensors(obj, lambda t: t.detach().cpu())
+
+
+def _check_keys(state, path: Path) -> None:
+    missing = [k for k in TRAINING_STATE_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training state: missing key {missing[0]!r} "
+                              f"(expected {', '.join(TRAINING_STATE_KEYS)})")
 
 
 TRAINING_STATE_KEYS = ("model", "opt", "step", "gen")
@@ -65,10 +77,7 @@ def load_training_state(path: Path, module: nn.Module, opt: torch.optim.Optimize
     if not path.exists():
         return 0
     state = load_torch_file(path)
-    missing = [k for k in TRAINING_STATE_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a training state: missing key {missing[0]!r} "
-                              f"(expected {', '.join(TRAINING_STATE_KEYS)})")
+    _check_keys(state, path)
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: key 'model' must be a state dict, found {type(state['model']).__name__}")
     bad = next((k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)), None)
@@ -139,14 +148,8 @@ def start_run(args: argparse.Namespace) -> Path:
 
 
 def _compact(obj):
-    """The same nested state with every floating-point tensor of more than one element in bfloat16."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(torch.bfloat16) if obj.is_floating_point() and obj.numel() > 1 else obj
-    if isinstance(obj, dict):
-        return {k: _compact(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_compact(v) for v in obj)
-    return obj
+    """Every floating-point tensor of more than one element in bfloat16."""
+    return _map_tensors(obj, lambda t: t.to(torch.bfloat16) if t.is_floating_point() and t.numel() > 1 else t)
 
 
 def compact_training_state(src: Path, dst: Path, keep_optimizer: bool = False) -> None:
@@ -158,9 +161,7 @@ def compact_training_state(src: Path, dst: Path, keep_optimizer: bool = False) -
     bit-identical with, the uninterrupted run. (At vocabulary 16384 the full state is 135 MB, the moments in
     bfloat16 add 47 MB, the weights alone are 24 MB.)"""
     state = load_torch_file(Path(src))
-    missing = [k for k in TRAINING_STATE_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{src}: not a training state: missing key {missing[0]!r}")
+    _check_keys(state, Path(src))
     small = {**state, "opt": _compact(state["opt"]) if keep_optimizer else None}
     small["model"] = _compact(state["model"])
     atomic_torch_save(small, Path(dst))

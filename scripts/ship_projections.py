@@ -26,10 +26,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(codebook.SHIPPED), help="folder of shipped projections")
     ap.add_argument("--method", default="umap", choices=sorted(codebook.METHODS))
     a = ap.parse_args(argv)
+    bundled = [n for n, spec in MODELS.items() if spec.source == "bundled"]
+    unknown = [name for name in a.models if name not in bundled]
+    if unknown:
+        ap.error(f"{unknown[0]!r} is not a bundled model (choose from {', '.join(bundled)})")
     for name in a.models:
-        bundled = [n for n, spec in MODELS.items() if spec.source == "bundled"]
-        if name not in bundled:
-            ap.error(f"{name!r} is not a bundled model (choose from {', '.join(bundled)})")
         model = load_model(name)
         for space, emb in (("vq", model.codebook_embeddings()), ("gpt", model.token_embeddings())):
             emb = emb.float().numpy()
