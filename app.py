@@ -10,6 +10,7 @@ escaping) live in `ui/`; library code raises ValueError and `shown` turns it int
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -366,12 +367,13 @@ def summary_png(request: gr.Request) -> str:
 
 @shown
 def on_model_change(model_name: str, panels: list[DecoderPanel]):
-    """The class list of the chosen model (LlamaGen: 1000 ImageNet classes) and its bounds on the sliders of
-    model-bound settings (window <= tokens, group size <= vocabulary)."""
+    """The class list of the chosen model (LlamaGen: 1000 ImageNet classes), its bounds on the sliders of
+    model-bound settings (window <= tokens, group size <= vocabulary) and its own top-k (up to its vocabulary)."""
     info = get_model(model_name).info
     choices, bounds = class_choices(info.class_names), model_bounds(info)
     sliders = [gr.update(maximum=bounds[spec.meta.model_bound]) for _, spec in bound_widgets(panels)]
-    return [gr.update(choices=choices, value=choices[0])] * 2 + sliders
+    top_k = gr.update(maximum=info.vocab_size, value=info.top_k)
+    return [gr.update(choices=choices, value=choices[0])] * 2 + sliders + [top_k]
 
 
 def bound_widgets(panels: list[DecoderPanel]) -> list[tuple]:
@@ -415,10 +417,15 @@ def decoder_choice(name: str) -> tuple[str, str]:
     return f"{name}{'' if DECODERS[name].lossless else ' (lossy)'}", name
 
 
-def sampling_controls(bounds: dict) -> list:
-    """CFG, temperature, top-k, top-p from SamplingSettings' own metadata (its help states greedy below 1e-4)."""
+SAMPLING_NAMES = [spec.name for spec in describe(SamplingSettings)]
+
+
+def sampling_controls(bounds: dict, top_k: int) -> list:
+    """CFG, temperature, top-k, top-p from SamplingSettings' own metadata (its help states greedy below 1e-4);
+    top-k starts at the model's own."""
     with gr.Accordion("sampling", open=False):
-        return [widget(spec, bounds) for spec in describe(SamplingSettings)]
+        return [widget(dataclasses.replace(spec, default=top_k) if spec.name == "top_k" else spec, bounds)
+                for spec in describe(SamplingSettings)]
 
 
 def plots(views) -> dict[str, gr.Plot]:
@@ -440,7 +447,7 @@ def decoder_blurb(name: str) -> str:
     return f"<small>{cls.summary} ({kind}{'; ' + paper if paper else ''})</small>"
 
 
-def generate_tab(default_model: str, class_names: list[str], bounds: dict) -> Shared:
+def generate_tab(default_model: str, class_names: list[str], bounds: dict, top_k: int) -> Shared:
     default_decoder = "lantern" if "lantern" in DECODERS else next(iter(DECODERS))
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
@@ -455,7 +462,7 @@ def generate_tab(default_model: str, class_names: list[str], bounds: dict) -> Sh
                 go_btn = gr.Button("Generate", variant="primary", scale=3)
                 dice = gr.Button("random seed", size="sm", scale=1)
             panels = [decoder_panel(n, n == default_decoder, bounds) for n in DECODERS]
-            sampling = sampling_controls(bounds)
+            sampling = sampling_controls(bounds, top_k)
             settings_tb, settings_all = gr.Textbox(visible=False), gr.Textbox(visible=False)
             with gr.Accordion("view a trace file from the command line", open=False):
                 upload = gr.File(label="trace JSON", file_types=[".json"], type="filepath")
@@ -631,7 +638,7 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
                     "decoder, press **Generate**, and see which forward pass committed each token, and how.")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
-                shared = generate_tab(default_model, class_names, model_bounds(info))
+                shared = generate_tab(default_model, class_names, model_bounds(info), info.top_k)
             with gr.Tab("Compare", id="compare"):
                 compare_class = compare_tab(shared, class_names)
             with gr.Tab("Codebook", id="codebook"):
@@ -641,8 +648,9 @@ def build_demo(default_model: str | None = None) -> gr.Blocks:
             with gr.Tab("About", id="about"):
                 gr.Markdown(about_text(), elem_classes=["wide-table"])
         bound = [w for w, _ in bound_widgets(shared.panels)]
+        top_k = shared.sampling[SAMPLING_NAMES.index("top_k")]
         shared.model.change(lambda m: on_model_change(m, shared.panels), shared.model,
-                            [shared.class_dd, compare_class, *bound], api_visibility="private")
+                            [shared.class_dd, compare_class, *bound, top_k], api_visibility="private")
         shared.image.select(pick_from_image, None, [code_nb, position, shared.picked], api_visibility="private")
         demo.unload(end_session)
     demo.queue(default_concurrency_limit=2, max_size=limits.QUEUE_SIZE)

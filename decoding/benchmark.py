@@ -50,7 +50,7 @@ import torch
 
 from decoding.files import atomic_write_text, atomic_writer
 from decoding.registry import DECODERS, make_decoder
-from decoding.sampling import SamplingSettings
+from decoding.sampling import SamplingSettings, add_sampling_args, settings_from_args
 from decoding.trace import Trace
 
 DEFAULT_DECODERS = "ar,jacobi,sjd,sjd-coupled,lantern,gsd"
@@ -189,10 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                          f"Repeatable. Registered: {', '.join(sorted(DECODERS))}. Default: {DEFAULT_DECODERS}")
     ap.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1), 'a-b' or 'a,b,c' (default 3)")
     ap.add_argument("--classes", default="all", help="'all', 'a-b' or 'a,b,c' class labels (default all)")
-    ap.add_argument("--cfg-scale", type=float, default=4.0, help="classifier-free guidance scale, >= 1 (default 4)")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1)")
-    ap.add_argument("--top-k", type=int, default=0, help="top-k filter, 0 = off (default 0)")
-    ap.add_argument("--top-p", type=float, default=1.0, help="top-p filter, 1 = off (default 1)")
+    add_sampling_args(ap)
     ap.add_argument("--warmup", type=int, default=2,
                     help="untimed generations per decoder before measuring (default 2)")
     ap.add_argument("--classifier", default="auto",
@@ -264,12 +261,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     cuda = device.startswith("cuda")
-    sampling = SamplingSettings(a.cfg_scale, a.temperature, a.top_k, a.top_p)
+    sampling = settings_from_args(a)  # ranges checked before the model loads; its own top-k below
     specs = parse_decoder_specs(a.decoders or [DEFAULT_DECODERS])
     if not any(name == "ar" and not params for _, name, params in specs):
         specs.insert(0, ("ar", "ar", {}))
     decoders = {label: make_decoder(name, **params) for label, name, params in specs}
     model = load_model_by_name(a.model, device)
+    sampling = settings_from_args(a, model.info)
     seeds = list(range(int(a.seeds))) if a.seeds.strip().isdigit() else parse_int_list(a.seeds, range(0))
     classes = parse_int_list(a.classes, range(model.info.num_classes))
     classifier = load_classifier_or_none(a.classifier, a.model)

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from decoding import metrics, sweep
 from decoding.files import atomic_write_bytes, atomic_write_text, atomic_writer
 from decoding.registry import decoder_class
-from decoding.sampling import SamplingSettings
+from decoding.sampling import add_sampling_args, settings_from_args
 from decoding.sweep import BASELINE, Arm
 from decoding.trace import Trace
 
@@ -232,10 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--decoder", default=None, help="one decoder (the same as --decoders NAME)")
     ap.add_argument("--samples", type=int, default=None, help=f"images per decoder, 2..{MAX_SAMPLES} (default 200)")
     ap.add_argument("--per-class", type=int, default=None, help="images per class (instead of --samples)")
-    ap.add_argument("--cfg-scale", type=float, default=4.0)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=1.0)
+    add_sampling_args(ap)
     ap.add_argument("--classifier", default="auto",
                     help="'auto' (the shipped one for the bundled Fashion-MNIST models), 'none' or a path")
     ap.add_argument("--reference", default="auto", choices=["auto", "debian", "subset"],
@@ -275,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                                                                      [DEFAULT_DECODERS])))
     model = sweep.load_run_model(a.model, a.device, a.threads, ap)
     n = sample_count(a, model.info.num_classes, ap)
-    sampling = SamplingSettings(a.cfg_scale, a.temperature, a.top_k, a.top_p)
+    sampling = settings_from_args(a, model.info)
     arms = quality_arms(specs)
     rank, world = sweep.rank_and_world()
     bar = None if a.no_progress else sweep.ProgressBar(f"rank {rank}/{world} " if world > 1 else "")

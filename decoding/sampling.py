@@ -12,7 +12,7 @@ LlamaGen divides by max(T, 1e-5) instead, which is sampling, not argmax, at T = 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -47,6 +47,30 @@ class SamplingSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def add_sampling_args(ap: Any) -> None:
+    """The commands' sampling options (argparse); `settings_from_args` reads them back once the model is loaded."""
+    ap.add_argument("--cfg-scale", type=float, default=4.0, help="classifier-free guidance scale, >= 1 (default 4)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1)")
+    ap.add_argument("--top-k", type=int, default=None,
+                    help="top-k filter, 0 = off (default: the model's own: 2000 for fashion-mnist-16k and LlamaGen, "
+                         "as LlamaGen's c2i demo samples; 0 for fashion-mnist)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="top-p filter, 1 = off (default 1)")
+
+
+def settings_from_args(a: Any, info: Any = None) -> SamplingSettings:
+    """SamplingSettings from `add_sampling_args`' options; an unset --top-k is the model's own (`info`), or 0
+    before the model is known (ranges are checked either way)."""
+    return with_model_top_k(SamplingSettings(a.cfg_scale, a.temperature, a.top_k or 0, a.top_p), info, a.top_k)
+
+
+def with_model_top_k(settings: SamplingSettings, info: Any, top_k_given: int | None) -> SamplingSettings:
+    """`settings` with the model's own top-k (`info.top_k`: what its recipe samples with; 0 when it names none)
+    unless the caller gave one (`top_k_given` not None). The commands' `--top-k` default."""
+    if top_k_given is not None:
+        return settings
+    return replace(settings, top_k=int(getattr(info, "top_k", 0)))
 
 
 def _check_target(p: torch.Tensor) -> torch.Tensor:

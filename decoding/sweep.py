@@ -39,7 +39,7 @@ import torch
 
 from decoding.files import atomic_write_bytes, atomic_write_text, atomic_writer
 from decoding.registry import decoder_class, make_decoder
-from decoding.sampling import SamplingSettings
+from decoding.sampling import SamplingSettings, add_sampling_args, settings_from_args
 from decoding.trace import Trace
 
 MAX_IMAGES = 100_000  # per arm
@@ -417,10 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--images", type=int, default=20, help=f"images per value, 1..{MAX_IMAGES} (classes cycled)")
     ap.add_argument("--settings", default="{}", help="the decoder's other settings as JSON")
     ap.add_argument("--classes", default="all", help="'all', 'a-b' or 'a,b,c' (default all)")
-    ap.add_argument("--cfg-scale", type=float, default=4.0)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=1.0)
+    add_sampling_args(ap)
     ap.add_argument("--no-baseline", action="store_true", help="no `ar` row (and no speedup column)")
     ap.add_argument("--classifier", default="auto", help="'auto' (shipped one for fashion-mnist), 'none' or a path")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (this rank's GPU when there is one)")
@@ -474,7 +471,7 @@ def main(argv: list[str] | None = None) -> SweepResult | None:
     rank, world = rank_and_world()
     bar = None if a.no_progress else ProgressBar(f"rank {rank}/{world} " if world > 1 else "")
     result = run_sweep(model, a.decoder, settings, a.parameter, a.values.split(","), a.images, a.out,
-                       sampling=SamplingSettings(a.cfg_scale, a.temperature, a.top_k, a.top_p), classes=classes,
+                       sampling=settings_from_args(a, model.info), classes=classes,
                        baseline=not a.no_baseline, classifier=classifier_option(a.classifier, model), progress=bar,
                        warmup=a.warmup)
     if result is not None:

@@ -45,6 +45,7 @@ class ModelInfo:
     vocab_size: int
     num_classes: int
     class_names: tuple[str, ...]
+    top_k: int = 0  # the top-k its recipe samples with (the app's and the commands' default; 0: off)
 
     @property
     def num_tokens(self) -> int:
@@ -56,7 +57,8 @@ class ARImageModel:
 
     scratch_slots: int = 512  # cache slots N..N+scratch_slots-1 after the grid; read at prefill
 
-    def __init__(self, gpt: GPT, vq: VQModel, name: str, class_names: tuple[str, ...] | None = None):
+    def __init__(self, gpt: GPT, vq: VQModel, name: str, class_names: tuple[str, ...] | None = None,
+                 top_k: int = 0):
         cfg = gpt.config
         grid = int(round(cfg.block_size**0.5))
         if vq.config.codebook_size != cfg.vocab_size:
@@ -65,7 +67,9 @@ class ARImageModel:
         names = tuple(class_names) if class_names else tuple(str(i) for i in range(cfg.num_classes))
         if len(names) != cfg.num_classes:
             raise ValueError(f"{len(names)} class names for a model with {cfg.num_classes} classes")
-        self.info = ModelInfo(name, (grid, grid), cfg.vocab_size, cfg.num_classes, names)
+        if not 0 <= top_k <= cfg.vocab_size:
+            raise ValueError(f"recommended top_k {top_k} outside [0, vocab_size {cfg.vocab_size}]")
+        self.info = ModelInfo(name, (grid, grid), cfg.vocab_size, cfg.num_classes, names, top_k)
         self.cfg_scale = 1.0
         self._batch = 0
 

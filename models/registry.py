@@ -33,6 +33,9 @@ IMAGENET_CLASSES = ASSETS / "imagenet_classes.txt"
 HUB_REPO = "FoundationVision/LlamaGen"
 DEFAULT_MODEL = "fashion-mnist"
 FASHION_MNIST_CLASSIFIER = "fashion_mnist_classifier.pt"
+# LlamaGen's class-conditional demo (autoregressive/sample/sample_c2i.py) samples its 16384-code VQ-16 vocabulary at
+# CFG 4 with top-k 2000 (its FID script uses no top-k at CFG 1.5-2); LANTERN's and SJD's scripts use 2000 as well.
+LLAMAGEN_DEMO_TOP_K = 2000
 
 # Bounds on a stored config, generous for official LlamaGen (GPT-3B: dim 3200, 48 layers; 1024 tokens at 512px)
 # and small enough that the modules built from them, and their causal-mask tables, fit in memory.
@@ -60,11 +63,13 @@ class ModelSpec:
     image_size: int = 256
     vq_preset: str = "VQ-16"
     classifier: str | None = None  # a bundled classifier file that scores this model's images (quality metrics)
+    top_k: int = 0  # the top-k its recipe samples with; the app's and the commands' default (0: off)
 
 
 def _llamagen(size: str, res: int) -> ModelSpec:
     return ModelSpec(f"llamagen-c2i-{size}-{res}", f"LlamaGen GPT-{size} class-conditional ImageNet {res}px, VQ-16",
-                     f"c2i_{size}_{res}.pt", "vq_ds16_c2i.pt", "hub", f"GPT-{size}", res)
+                     f"c2i_{size}_{res}.pt", "vq_ds16_c2i.pt", "hub", f"GPT-{size}", res,
+                     top_k=LLAMAGEN_DEMO_TOP_K)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -75,7 +80,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("fashion-mnist-16k", "Bundled: the same recipe with LlamaGen VQ-16's codebook shape (16384 x 8 "
                   "codes, 14x14 tokens); a first cut, 1300 GPT steps: ambiguous as the large models, weaker classes",
                   "fashion_mnist_16k_gpt.pt", "fashion_mnist_16k_vq.pt", "bundled",
-                  classifier=FASHION_MNIST_CLASSIFIER),
+                  classifier=FASHION_MNIST_CLASSIFIER, top_k=LLAMAGEN_DEMO_TOP_K),
         _llamagen("B", 256), _llamagen("B", 384), _llamagen("L", 256), _llamagen("L", 384), _llamagen("XL", 384),
         ModelSpec("tiny-fixture", "Tiny random LlamaGen (golden test fixture, 4x4 tokens)", "gpt_tiny.pt",
                   "vq_tiny.pt", "fixture"),
@@ -194,7 +199,7 @@ def _load(name: str, device: str = "cpu", allow_download: bool | None = None) ->
         golden = torch.load(FIXTURES / "golden_tiny.pt", weights_only=True)
         gpt = build_gpt(FIXTURES / spec.gpt_file, "GPT-tiny", **_known(golden["config_gpt"], GPTConfig))
         vq = build_vq(FIXTURES / spec.vq_file, "VQ-tiny", **_known(golden["config_vq"], VQConfig))
-        return ARImageModel(gpt.to(device), vq.to(device), name)
+        return ARImageModel(gpt.to(device), vq.to(device), name, top_k=spec.top_k)
     gpt_path = resolve_file(spec, spec.gpt_file, allow_download)
     vq_path = resolve_file(spec, spec.vq_file, allow_download)
     if spec.source == "bundled":
@@ -204,7 +209,7 @@ def _load(name: str, device: str = "cpu", allow_download: bool | None = None) ->
         gpt = build_gpt(gpt_path, spec.gpt_preset, block_size=grid * grid)
         vq = build_vq(vq_path, spec.vq_preset)
         names = imagenet_class_names()
-    return ARImageModel(gpt.to(device), vq.to(device), name, names)
+    return ARImageModel(gpt.to(device), vq.to(device), name, names, top_k=spec.top_k)
 
 
 _cached_load = lru_cache(maxsize=2)(_load)

@@ -226,6 +226,15 @@ def test_sampling_messages_name_the_setting():
         parse.parse_sampling(4.0, 1.0, 0, 0.0)
 
 
+def test_choosing_a_model_sets_its_top_k_and_the_sliders_bounds(monkeypatch):
+    """The sampling top-k slider reaches the chosen model's vocabulary and starts at the model's own top-k."""
+    monkeypatch.setattr(app, "SERVED", ["fashion-mnist", "fashion-mnist-16k"])
+    updates = app.on_model_change("fashion-mnist-16k", [])
+    assert updates[-1]["maximum"] == 16384 and updates[-1]["value"] == 2000
+    updates = app.on_model_change("fashion-mnist", [])
+    assert updates[-1]["maximum"] == 1024 and updates[-1]["value"] == 0
+
+
 def test_parse_values_and_class():
     assert parse.parse_values("lantern", "delta", "0, 0.1,0.2, 0.10") == [0.0, 0.1, 0.2]  # repeats merged
     assert parse.parse_values("lantern", "ratio_bound", "none, 5") == [None, 5.0]

@@ -214,3 +214,36 @@ def test_both_bundled_models_are_scored_by_the_shipped_classifier():
     shipped = registry.ASSETS / registry.FASHION_MNIST_CLASSIFIER
     assert registry.classifier_path("fashion-mnist") == shipped == registry.classifier_path("fashion-mnist-16k")
     assert registry.classifier_path("llamagen-c2i-B-256") is None and registry.classifier_path("nope") is None
+
+
+def test_each_model_names_the_top_k_its_recipe_samples_with():
+    """fashion-mnist samples without top-k; the 16384-code models (ours and LlamaGen's) as LlamaGen's c2i demo does."""
+    assert registry.MODELS["fashion-mnist"].top_k == 0
+    assert registry.MODELS["fashion-mnist-16k"].top_k == registry.LLAMAGEN_DEMO_TOP_K == 2000
+    assert all(s.top_k == 2000 for s in registry.MODELS.values() if s.source == "hub")
+    assert registry.load_model("fashion-mnist-16k").info.top_k == 2000
+    assert registry.load_model("fashion-mnist").info.top_k == 0
+
+
+def test_a_recommended_top_k_beyond_the_vocabulary_is_refused():
+    from models.interface import ARImageModel
+
+    model = registry.load_model("tiny-fixture")
+    with pytest.raises(ValueError, match=r"recommended top_k 99999 outside \[0, vocab_size"):
+        ARImageModel(model.gpt, model.vq, "x", top_k=99999)
+
+
+def test_commands_default_to_the_models_top_k_and_keep_a_given_one():
+    import argparse
+
+    from decoding.sampling import add_sampling_args, settings_from_args
+
+    ap = argparse.ArgumentParser()
+    add_sampling_args(ap)
+    info = registry.load_model("fashion-mnist-16k").info
+    assert settings_from_args(ap.parse_args([]), info).top_k == 2000
+    assert settings_from_args(ap.parse_args([]), None).top_k == 0  # before the model is known
+    assert settings_from_args(ap.parse_args(["--top-k", "0"]), info).top_k == 0
+    assert settings_from_args(ap.parse_args(["--top-k", "50", "--cfg-scale", "2"]), info).cfg_scale == 2.0
+    with pytest.raises(ValueError, match="top_k must be"):
+        settings_from_args(ap.parse_args(["--top-k", "-3"]), info)
