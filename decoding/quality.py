@@ -72,7 +72,10 @@ def sample_grid(images: list[np.ndarray], labels: list[int], class_names: tuple[
     grid = Image.new("RGB", (len(classes) * w * scale, header + per_row * h * scale), "white")
     draw = ImageDraw.Draw(grid)
     for col, c in enumerate(classes):
-        draw.text((col * w * scale + 2, 1), class_names[c][:10], fill="black")
+        name = class_names[c]
+        while len(name) > 1 and draw.textlength(name) > w * scale - 4:  # as much of the name as the column holds
+            name = name[:-1]
+        draw.text((col * w * scale + 2, 1), name, fill="black")
         picks = [im for im, lab in zip(images, labels) if lab == c][:per_row]
         for row, im in enumerate(picks):
             tile = Image.fromarray(im).resize((w * scale, h * scale), Image.NEAREST)

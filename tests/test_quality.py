@@ -127,3 +127,17 @@ def test_bad_counts_and_models_are_refused_with_the_reason(tmp_path, capsys):
     assert "--model nope: unknown model 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         quality.main(["--model", "tiny-fixture", "--samples", "4", "--per-class", "2", "--out", str(tmp_path)])
+
+
+def test_sample_grid_names_each_column_as_far_as_it_fits():
+    from PIL import ImageDraw
+
+    from decoding.quality import sample_grid
+
+    images = [np.zeros((28, 28), np.uint8)] * 2
+    grid = sample_grid(images, [0, 1], ("T-shirt/top", "x" * 200), per_row=1)
+    header = np.asarray(grid)[:14]
+    assert grid.size == (2 * 84, 14 + 84)
+    assert ImageDraw.Draw(grid).textlength("T-shirt/top") < 80  # the whole name fits in its 84-px column
+    assert (header[:, 84:86] == 255).all() and (header[:, -2:] == 255).all()  # a long name stops at its column
+    assert (header[:, 84:] < 255).any()
