@@ -67,9 +67,10 @@ class ARImageModel:
         names = tuple(class_names) if class_names else tuple(str(i) for i in range(cfg.num_classes))
         if len(names) != cfg.num_classes:
             raise ValueError(f"{len(names)} class names for a model with {cfg.num_classes} classes")
-        if not 0 <= top_k <= cfg.vocab_size:
-            raise ValueError(f"recommended top_k {top_k} outside [0, vocab_size {cfg.vocab_size}]")
-        self.info = ModelInfo(name, (grid, grid), cfg.vocab_size, cfg.num_classes, names, top_k)
+        if top_k < 0:
+            raise ValueError(f"recommended top_k must be >= 0 (0: off), got {top_k}")
+        # a top-k at or above the vocabulary keeps every token: the same as off, stated as the vocabulary size
+        self.info = ModelInfo(name, (grid, grid), cfg.vocab_size, cfg.num_classes, names, min(top_k, cfg.vocab_size))
         self.cfg_scale = 1.0
         self._batch = 0
 

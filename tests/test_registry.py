@@ -225,12 +225,15 @@ def test_each_model_names_the_top_k_its_recipe_samples_with():
     assert registry.load_model("fashion-mnist").info.top_k == 0
 
 
-def test_a_recommended_top_k_beyond_the_vocabulary_is_refused():
+def test_a_recommended_top_k_is_capped_at_the_vocabulary_and_a_negative_one_refused():
     from models.interface import ARImageModel
 
     model = registry.load_model("tiny-fixture")
-    with pytest.raises(ValueError, match=r"recommended top_k 99999 outside \[0, vocab_size"):
-        ARImageModel(model.gpt, model.vq, "x", top_k=99999)
+    vocab = model.info.vocab_size
+    assert ARImageModel(model.gpt, model.vq, "x", top_k=99999).info.top_k == vocab  # keeps every token, as 0 does
+    assert ARImageModel(model.gpt, model.vq, "x", top_k=3).info.top_k == 3
+    with pytest.raises(ValueError, match=r"recommended top_k must be >= 0 \(0: off\), got -1"):
+        ARImageModel(model.gpt, model.vq, "x", top_k=-1)
 
 
 def test_commands_default_to_the_models_top_k_and_keep_a_given_one():
