@@ -12,7 +12,7 @@ LlamaGen divides by max(T, 1e-5) instead, which is sampling, not argmax, at T = 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -60,17 +60,10 @@ def add_sampling_args(ap: Any) -> None:
 
 
 def settings_from_args(a: Any, info: Any = None) -> SamplingSettings:
-    """SamplingSettings from `add_sampling_args`' options; an unset --top-k is the model's own (`info`), or 0
-    before the model is known (ranges are checked either way)."""
-    return with_model_top_k(SamplingSettings(a.cfg_scale, a.temperature, a.top_k or 0, a.top_p), info, a.top_k)
-
-
-def with_model_top_k(settings: SamplingSettings, info: Any, top_k_given: int | None) -> SamplingSettings:
-    """`settings` with the model's own top-k (`info.top_k`: what its recipe samples with; 0 when it names none)
-    unless the caller gave one (`top_k_given` not None). The commands' `--top-k` default."""
-    if top_k_given is not None:
-        return settings
-    return replace(settings, top_k=int(getattr(info, "top_k", 0)))
+    """SamplingSettings from `add_sampling_args`' options. An unset --top-k is the model's own (`info.top_k`: what
+    its recipe samples with), or 0 before the model is known; ranges are checked either way."""
+    top_k = a.top_k if a.top_k is not None else int(getattr(info, "top_k", 0))
+    return SamplingSettings(a.cfg_scale, a.temperature, top_k, a.top_p)
 
 
 def _check_target(p: torch.Tensor) -> torch.Tensor:
