@@ -25,7 +25,7 @@ Reported per decoder, with bootstrap 95% intervals over the generated set (seede
                      should sit at the noise floor's value
 Features need the shipped classifier (the bundled fashion-mnist models). For other models (LlamaGen) speed
 and token TV are reported, and Inception FID with --inception-fid REF.npz when `pytorch-fid` is installed.
-Files in --out: quality.json, quality.csv, frontier.png (step compression against FD), grids/*.png
+Files in --out: quality.json, quality.csv, quality.md (the table in Markdown), frontier.png (step compression against FD), grids/*.png
 (samples per class) and units/ (one record per image, with its trace).
 """
 from __future__ import annotations
@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(format_rows(rows))
     for note in report["notes"]:
         print(f"\nnote: {note}")
-    print(f"\nsaved to {Path(a.out)}: quality.json, quality.csv" + (", frontier.png" if "fd" in rows[0] else ""))
+    print(f"\nsaved to {Path(a.out)}: quality.json, quality.csv, quality.md" +
+          (", frontier.png" if "fd" in rows[0] else ""))
     return report
 
 
@@ -330,6 +331,7 @@ def write_quality_outputs(out: Path, report: dict, model, traces: Images, grid_r
     rows = report["rows"]
     atomic_write_text(out / "quality.json", json.dumps(report, indent=1))
     sweep.write_csv(out / "quality.csv", [_interval_columns(r) for r in rows])
+    atomic_write_text(out / "quality.md", markdown_table(rows) + "\n")
     points, floor = frontier_points(rows)
     if points:
         png = sweeps.frontier_png(points, metrics.FD_NAME, f"{report['model']}: speed against quality, "
@@ -343,6 +345,38 @@ def write_quality_outputs(out: Path, report: dict, model, traces: Images, grid_r
             name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
             with atomic_writer(out / "grids" / f"{name}.png", "wb") as f:
                 grid.save(f, format="PNG")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table: one line per decoder, speed next to quality, intervals in brackets; the
+    columns a run has (no FD without the classifier, no token TV for `ar`)."""
+    def num(v, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    def ci(r: dict, k: str, fmt: str, scale: float = 1.0) -> str:
+        if r.get(k) is None:
+            return "-"
+        lo_hi = r.get(k + "_ci")
+        inner = "" if not lo_hi else f" [{lo_hi[0] * scale:{fmt}}, {lo_hi[1] * scale:{fmt}}]"
+        return f"{r[k] * scale:{fmt}}{inner}"
+
+    columns = [("decoder", lambda r: f"`{r['decoder']}`"), ("lossless", lambda r: "yes" if r.get("lossless") else "no"),
+               ("samples", lambda r: str(r.get("samples", "-"))),
+               ("step compression", lambda r: num(r.get("step_compression"), ".2f")),
+               ("wall vs ar", lambda r: num(r.get("speedup"), ".2f")),
+               ("FD [95%]", lambda r: ci(r, "fd", ".1f")), ("`fd_vs_ar`", lambda r: num(r.get("fd_vs_ar"), ".1f")),
+               ("KID x 100", lambda r: num(None if r.get("kid") is None else 100 * r["kid"], ".2f")),
+               ("precision", lambda r: num(r.get("precision"), ".2f")), ("recall", lambda r: num(r.get("recall"), ".2f")),
+               ("class-consistency [95%]", lambda r: ci(r, "class_consistency", ".1f", 100.0)),
+               ("position TV", lambda r: num(r.get("position_tv"), ".3f")),
+               ("bigram TV", lambda r: num(r.get("bigram_tv"), ".3f"))]
+    present = {"FD [95%]": "fd", "`fd_vs_ar`": "fd", "KID x 100": "kid", "precision": "precision",
+               "recall": "recall", "class-consistency [95%]": "class_consistency",
+               "position TV": "position_tv", "bigram TV": "bigram_tv"}
+    columns = [(h, f) for h, f in columns if h not in present or any(r.get(present[h]) is not None for r in rows)]
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f(r) for _, f in columns) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def format_rows(rows: list[dict]) -> str:

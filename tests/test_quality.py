@@ -74,6 +74,11 @@ def test_evaluation_separates_a_broken_decoder_from_the_noise_floor(tmp_path):
     assert (tmp_path / "grids" / "ar_other_seeds_.png").exists()
     csv_head = (tmp_path / "quality.csv").read_text().splitlines()[0].split(",")
     assert {"fd", "fd_lo", "fd_hi", "kid_lo", "coverage_hi", "class_consistency_lo"} <= set(csv_head)
+    table = (tmp_path / "quality.md").read_text().splitlines()
+    assert table[0].startswith("| decoder | lossless | samples | step compression | wall vs ar | FD [95%]")
+    assert len(table) == 2 + len(rows) and table[3].startswith("| `broken` | no | 120 | 2.00 |")
+    assert f"{floor['fd']:.1f} [{floor['fd_ci'][0]:.1f}, {floor['fd_ci'][1]:.1f}]" in table[4]
+    assert f"{100 * floor['class_consistency']:.1f} [" in table[4] and table[2].endswith("| - | - |")  # no TV for ar
     points, band = quality.frontier_points(rows)
     assert [p["name"] for p in points] == ["ar", "broken"] and band == tuple(floor["fd_ci"])
 
@@ -85,6 +90,7 @@ def test_the_command_writes_and_resumes_on_the_tiny_model(tmp_path, capsys):
     assert [r["decoder"] for r in report["rows"]] == ["ar", "sjd:window=3", quality.NOISE_FLOOR]
     assert all(r["samples"] == 4 for r in report["rows"]) and "fd" not in report["rows"][1]
     assert any("no classifier" in n for n in report["notes"])
+    assert "FD" not in (tmp_path / "quality.md").read_text().splitlines()[0]  # no classifier, no FD column
     saved = json.loads((tmp_path / "quality.json").read_text())
     assert saved["rows"][1]["position_tv"] == report["rows"][1]["position_tv"] and saved["fd_name"] == FD_NAME
     records = [json.loads(line) for line in (tmp_path / "units" / "rank-0.jsonl").read_text().splitlines()]
