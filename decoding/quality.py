@@ -25,8 +25,8 @@ Reported per decoder, with bootstrap 95% intervals over the generated set (seede
                      should sit at the noise floor's value
 Features need the shipped classifier (the bundled fashion-mnist models). For other models (LlamaGen) speed
 and token TV are reported, and Inception FID with --inception-fid REF.npz when `pytorch-fid` is installed.
-Files in --out: quality.json, quality.csv, quality.md (the table in Markdown), frontier.png (step compression against FD), grids/*.png
-(samples per class) and units/ (one record per image, with its trace).
+Files in --out: quality.json, quality.csv, quality.md (the table in Markdown), frontier.png (step
+compression against FD), grids/*.png (samples per class) and units/ (one record per image, with its trace).
 """
 from __future__ import annotations
 
@@ -366,7 +366,8 @@ def markdown_table(rows: list[dict]) -> str:
                ("wall vs ar", lambda r: num(r.get("speedup"), ".2f")),
                ("FD [95%]", lambda r: ci(r, "fd", ".1f")), ("`fd_vs_ar`", lambda r: num(r.get("fd_vs_ar"), ".1f")),
                ("KID x 100", lambda r: num(None if r.get("kid") is None else 100 * r["kid"], ".2f")),
-               ("precision", lambda r: num(r.get("precision"), ".2f")), ("recall", lambda r: num(r.get("recall"), ".2f")),
+               ("precision", lambda r: num(r.get("precision"), ".2f")),
+               ("recall", lambda r: num(r.get("recall"), ".2f")),
                ("class-consistency [95%]", lambda r: ci(r, "class_consistency", ".1f", 100.0)),
                ("position TV", lambda r: num(r.get("position_tv"), ".3f")),
                ("bigram TV", lambda r: num(r.get("bigram_tv"), ".3f"))]
