@@ -604,9 +604,9 @@ def about_text() -> str:
                      "acceptance_rate", "commit_kind", "wall_time", "class_consistency") +
             "\n\nThe bundled models are trained on Fashion-MNIST (28x28 images, 14x14 tokens) so that they run on "
             "a CPU: `fashion-mnist` with 1024 codes, and `fashion-mnist-16k` with the codebook shape of LlamaGen's "
-            "VQ-16 (16384 x 8), whose many near-duplicate codes make its next-token distributions ambiguous as on "
-            "the large models (31% of positions with top-1 below 0.05 at its top-k 2000, against 2.7%; see the model "
-            "card); timings "
+            "VQ-16 (16384 x 8), whose many near-duplicate codes make its next-token distributions ambiguous, as on "
+            "the large models if less so (24% of positions with top-1 below 0.05 at its top-k 2000, against 2.7% on "
+            "1024 codes and 50-95% on the large models; see the model card); timings "
             "here are of this server's CPU and only indicative. Step compression does not "
             "depend on the hardware.\n\n**Limits of this public server** (per request): uploads up to "
             f"{limits.MAX_UPLOAD_BYTES // 2**20} MB and {limits.TRACE_LIMITS.max_tokens} tokens; Compare up to "

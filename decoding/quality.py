@@ -365,13 +365,13 @@ def markdown_table(rows: list[dict]) -> str:
                ("step compression", lambda r: num(r.get("step_compression"), ".2f")),
                ("wall vs ar", lambda r: num(r.get("speedup"), ".2f")),
                ("FD [95%]", lambda r: ci(r, "fd", ".1f")), ("`fd_vs_ar`", lambda r: num(r.get("fd_vs_ar"), ".1f")),
-               ("KID x 100", lambda r: num(None if r.get("kid") is None else 100 * r["kid"], ".2f")),
+               ("KID", lambda r: num(r.get("kid"), ".2f")),
                ("precision", lambda r: num(r.get("precision"), ".2f")),
                ("recall", lambda r: num(r.get("recall"), ".2f")),
                ("class-consistency [95%]", lambda r: ci(r, "class_consistency", ".1f", 100.0)),
                ("position TV", lambda r: num(r.get("position_tv"), ".3f")),
                ("bigram TV", lambda r: num(r.get("bigram_tv"), ".3f"))]
-    present = {"FD [95%]": "fd", "`fd_vs_ar`": "fd", "KID x 100": "kid", "precision": "precision",
+    present = {"FD [95%]": "fd", "`fd_vs_ar`": "fd", "KID": "kid", "precision": "precision",
                "recall": "recall", "class-consistency [95%]": "class_consistency",
                "position TV": "position_tv", "bigram TV": "bigram_tv"}
     columns = [(h, f) for h, f in columns if h not in present or any(r.get(present[h]) is not None for r in rows)]

@@ -78,7 +78,8 @@ MODELS: dict[str, ModelSpec] = {
                   "1024 codes)", "fashion_mnist_gpt.pt", "fashion_mnist_vq.pt", "bundled",
                   classifier=FASHION_MNIST_CLASSIFIER),
         ModelSpec("fashion-mnist-16k", "Bundled: the same recipe with LlamaGen VQ-16's codebook shape (16384 x 8 "
-                  "codes, 14x14 tokens; top-k 2000): ambiguous as the large models, weaker classes (91.5%)",
+                  "codes, 14x14 tokens; top-k 2000): far more ambiguous than the 1024-code model, "
+                  "weaker classes (93.5%)",
                   "fashion_mnist_16k_gpt.pt", "fashion_mnist_16k_vq.pt", "bundled",
                   classifier=FASHION_MNIST_CLASSIFIER, top_k=LLAMAGEN_DEMO_TOP_K),
         _llamagen("B", 256), _llamagen("B", 384), _llamagen("L", 256), _llamagen("L", 384), _llamagen("XL", 384),
