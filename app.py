@@ -617,7 +617,8 @@ def about_text() -> str:
 
 
 # wide tables (the About tab's decoder table) scroll sideways on a phone instead of wrapping letter by letter
-CSS = ".wide-table { overflow-x: auto; } .wide-table table { min-width: 860px; }"
+CSS = (".wide-table { overflow-x: auto; } .wide-table table { min-width: 860px; } "
+       ".wide-table th, .wide-table td { overflow-wrap: normal; word-break: normal; }")
 
 
 class SpecLensBlocks(gr.Blocks):
