@@ -31,7 +31,9 @@ from PIL import Image
 from analysis import codebook, compare, heatmaps, static, sweeps
 from analysis.definitions import define
 from analysis.style import empty_figure
+from decoding import quality
 from decoding.files import atomic_write_bytes, atomic_write_text
+from decoding.metrics import FD_NAME
 from decoding.params import describe
 from decoding.registry import DECODERS, decoder_table_markdown
 from decoding.sampling import SamplingSettings
@@ -558,11 +560,90 @@ def codebook_tab(shared: Shared):
     return code_nb, position
 
 
+QUALITY_RUNS = Path(__file__).resolve().parent / "assets" / "card"
+
+
+def model_from_stem(stem: str) -> str:
+    """The bundled model a shipped CSV (which records none) is of, from the card's naming: quality_fmnist16k_*."""
+    return "fashion-mnist-16k" if "fmnist16k" in stem else "fashion-mnist" if "fmnist" in stem else "model not recorded"
+
+
+@lru_cache(maxsize=1)
+def shipped_quality_runs() -> tuple[tuple[str, str], ...]:
+    """(label, file name) of the `decoding.quality` results shipped in assets/card (the README's tables),
+    the JSON where a run has both; the largest runs first."""
+    files: dict[str, Path] = {}
+    for f in sorted(QUALITY_RUNS.glob("quality_*.json")) + sorted(QUALITY_RUNS.glob("quality_*.csv")):
+        files.setdefault(f.stem, f)
+    out = []
+    for f in files.values():
+        try:
+            report = quality.read_report(f)
+        except ValueError:
+            continue  # another kind of file (the AR card's quality_ar.json)
+        model, n = report["model"] or model_from_stem(f.stem), report["samples_per_decoder"]
+        out.append(((-n, model, f.name), (f"{model}, {n} per decoder ({f.name})", f.name)))
+    return tuple(entry for _, entry in sorted(out))
+
+
+def quality_view(path: str | Path, shown_name: str | None = None, model: str | None = None):
+    """A quality result as the Sweep tab shows it: a line, the FD frontier, the README's table."""
+    report = quality.read_report(path)
+    rows, name = report["rows"], shown_name or Path(path).name
+    report["model"] = report["model"] or model
+    points, floor = quality.frontier_points(rows)
+    title = f"{report['model'] or name}: speed against quality, {report['samples_per_decoder']} samples per decoder"
+    fig = (sweeps.frontier_figure(points, FD_NAME, title, floor) if points
+           else empty_figure("no FD in this run (no classifier for its model): speed and token TV in the table"))
+    band = ("grey band: the noise floor, `ar` against `ar` with other seeds (compare decoders with it, never "
+            "with 0)." if floor else "no `ar (other seeds)` row, so no noise floor to read FD against.")
+    status = (f"**{text.escape_md(name)}**: {len(rows)} rows, {report['samples_per_decoder']} samples per decoder. "
+              f"Bars: 95% bootstrap intervals; {band} FD is in the shipped classifier's feature space, not "
+              "Inception FID.")
+    return status, fig, quality.markdown_table(rows)
+
+
+@shown
+def show_shipped_quality(file_name: str | None):
+    names = {f for _, f in shipped_quality_runs()}
+    if file_name not in names:
+        raise ValueError(f"unknown quality run {file_name!r}; shipped: {', '.join(sorted(names)) or 'none'}")
+    return quality_view(QUALITY_RUNS / file_name, model=model_from_stem(Path(file_name).stem))
+
+
+@shown
+def show_uploaded_quality(file):
+    if not file:
+        raise ValueError("Upload a quality.json or quality.csv written by python -m decoding.quality.")
+    path = Path(file if isinstance(file, str) else file.name)
+    return quality_view(path, path.name)
+
+
+def quality_runs_section():
+    """The shipped `decoding.quality` results (or an uploaded one): the FD frontier and the table."""
+    gr.Markdown("### Quality runs\nThe results of `python -m decoding.quality` (the README's tables), read from "
+                "the files the command writes: pick a shipped run, or upload your run's `quality.json` or "
+                "`quality.csv`.")
+    runs = list(shipped_quality_runs())
+    with gr.Row():
+        run_dd = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="shipped quality run")
+        run_file = gr.File(label="or your quality.json / quality.csv", file_types=[".json", ".csv"],
+                           type="filepath", height=130)
+    first_view = show_shipped_quality(runs[0][1]) if runs else ("No shipped quality run.", None, "")
+    q_status = gr.Markdown(first_view[0])
+    q_plot = gr.Plot(first_view[1], label="speed against quality: step compression and FD")
+    q_table = gr.Markdown(first_view[2], elem_classes=["wide-table"])
+    run_dd.change(show_shipped_quality, run_dd, [q_status, q_plot, q_table], api_visibility="private")
+    run_file.upload(show_uploaded_quality, run_file, [q_status, q_plot, q_table], api_visibility="private")
+
+
 def sweep_tab(shared: Shared):
+    quality_runs_section()
     first = next((n for n in ("lantern", "sjd") if n in DECODERS), next(iter(DECODERS)))
-    gr.Markdown(f"A small sweep (at most {limits.MAX_BROWSER_SWEEP} images, `ar` baseline included; classes cycled, "
-                "seed = image index) with the Generate tab's model, sampling and this decoder's other settings. "
-                "Generations of other users go first. Larger sweeps: `python -m decoding.sweep --help`.")
+    gr.Markdown(f"### A sweep of your own\nA small sweep (at most {limits.MAX_BROWSER_SWEEP} images, `ar` baseline "
+                "included; classes cycled, seed = image index) with the Generate tab's model, sampling and this "
+                "decoder's other settings. Generations of other users go first. Larger sweeps: "
+                "`python -m decoding.sweep --help`.")
     with gr.Row():
         decoder = gr.Dropdown(list(DECODERS), value=first, label="decoder")
         axes = parse.sweepable(first)
@@ -573,13 +654,13 @@ def sweep_tab(shared: Shared):
     table = gr.Dataframe(placeholder("press Run sweep"), interactive=False, wrap=True,
                          label="per setting (images = samples per row; speedup = ar's decode time / this row's)")
     downloads = gr.File(label="table (CSV) and traces (JSONL)", file_count="multiple", interactive=False, height=90)
-    curves, quality = gr.Plot(label="curves"), gr.Plot(label="speed and quality")
+    curves, speed_plot = gr.Plot(label="curves"), gr.Plot(label="speed and quality")
     gr.Markdown(f"<small>\n\n{define('acceptance_rate', 'step_compression', 'class_consistency')}\n\n</small>")
     decoder.change(lambda d: gr.update(choices=parse.sweepable(d), value=(parse.sweepable(d) or [None])[0]), decoder,
                    parameter, queue=False, api_visibility="private")
     shared.fill_settings(button.click).then(
         run_sweep_ui, [shared.model, decoder, parameter, values, images, shared.settings_all, *shared.sampling],
-        [table, curves, quality, downloads], api_name="sweep", concurrency_id="sweep", concurrency_limit=1)
+        [table, curves, speed_plot, downloads], api_name="sweep", concurrency_id="sweep", concurrency_limit=1)
 
 
 def placeholder(action: str) -> pd.DataFrame:

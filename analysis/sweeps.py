@@ -141,6 +141,49 @@ def speed_quality_figure(rows: Sequence[dict], parameter: str | None = None) -> 
     return fig
 
 
+def labels_below(points: Sequence[dict]) -> list[bool]:
+    """Per point, whether its label goes below it: when an earlier point's label near it went above."""
+    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    x_span = (max(xs) - min(xs) if xs else 0.0) or 1.0  # the axes' spans, 1 for a single point
+    y_span = (max(ys) - min(ys) if ys else 0.0) or 1.0
+    below: list[bool] = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        near = [below[j] for j in range(i) if abs(xs[j] - x) < 0.15 * x_span and abs(ys[j] - y) < 0.2 * y_span]
+        below.append(bool(near) and not near[-1])
+    return below
+
+
+def frontier_figure(points: Sequence[dict], y_label: str, title: str, floor: tuple[float, float] | None = None,
+                    lower_is_better: bool = True) -> go.Figure:
+    """The interactive twin of `frontier_png`: step compression against a quality metric, one point per
+    decoder/setting with its interval, the ar-vs-ar noise floor's interval as a band behind them.
+
+    points: dicts with "name", "x", "y", optional "y_lo", "y_hi"; floor: (low, high) or None."""
+    fig = go.Figure()
+    if floor is not None and all(np.isfinite(floor)):
+        fig.add_hrect(y0=floor[0], y1=floor[1], fillcolor="#BBBBBB", opacity=0.35, line_width=0, layer="below")
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="ar vs ar (other seeds), 95%",
+                                 marker=dict(size=12, color="#BBBBBB", symbol="square")))
+    below = labels_below(points)
+    xs = [p["x"] for p in points]
+    right = min(xs, default=0.0) + 0.7 * ((max(xs, default=0.0) - min(xs, default=0.0)) or 1.0)  # labels go left
+    for i, p in enumerate(points):
+        lo, hi = p.get("y_lo", p["y"]), p.get("y_hi", p["y"])
+        fig.add_trace(go.Scatter(
+            x=[p["x"]], y=[p["y"]], mode="markers+text", text=[p["name"]],
+            textposition=("bottom " if below[i] else "top ") + ("left" if p["x"] > right else "right"),
+            name=p["name"], marker=dict(size=11, color=decoder_colour(i)), cliponaxis=False,
+            error_y=dict(type="data", symmetric=False, array=[max(hi - p["y"], 0.0)],
+                         arrayminus=[max(p["y"] - lo, 0.0)], color=decoder_colour(i), thickness=1.5, width=5),
+            hovertemplate=f"{p['name']}<br>step compression %{{x:.2f}}<br>{y_label} %{{y:.2f}} "
+                          f"[{lo:.2f}, {hi:.2f}]<extra></extra>"))
+    fig.update_xaxes(title_text="step compression (tokens / forward pass) →  faster")
+    fig.update_yaxes(title_text=y_label + ("  (lower is better)" if lower_is_better else "  (higher is better)"))
+    fig = finish(fig, title, height=500)
+    fig.update_layout(legend=dict(orientation="h", y=-0.2, yanchor="top", x=0), margin=dict(b=120, r=30))
+    return fig
+
+
 # -- static frontier (PNG) ------------------------------------------------------------------------------
 def wilson_interval(hits: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion hits / n (Wilson 1927)."""
@@ -161,17 +204,12 @@ def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[
     fig, ax = plt.subplots(figsize=(7.5, 5.0), constrained_layout=True)
     if floor is not None and all(np.isfinite(floor)):
         ax.axhspan(floor[0], floor[1], color="#BBBBBB", alpha=0.35, lw=0, label="ar vs ar (other seeds), 95%")
-    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
-    x_span = (max(xs) - min(xs) if xs else 0.0) or 1.0  # the axes' spans, 1 for a single point
-    y_span = (max(ys) - min(ys) if ys else 0.0) or 1.0
-    below: list[bool] = []  # a label goes below its point when an earlier label near it went above
+    below = labels_below(points)
     for i, p in enumerate(points):
         y, lo, hi = p["y"], p.get("y_lo", p["y"]), p.get("y_hi", p["y"])
         err = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
         ax.errorbar([p["x"]], [y], yerr=err, fmt="o", ms=7, capsize=4, color=decoder_colour(i), label=p["name"])
-        near = [below[j] for j in range(i) if abs(xs[j] - p["x"]) < 0.15 * x_span and abs(ys[j] - y) < 0.2 * y_span]
-        below.append(bool(near) and not near[-1])
-        ax.annotate(p["name"], (p["x"], y), xytext=(6, -14 if below[-1] else 6), textcoords="offset points",
+        ax.annotate(p["name"], (p["x"], y), xytext=(6, -14 if below[i] else 6), textcoords="offset points",
                     fontsize=9)
     ax.set_xlabel("step compression (tokens / forward pass)  →  faster")
     ax.set_ylabel(y_label + ("  (lower is better)" if lower_is_better else "  (higher is better)"))

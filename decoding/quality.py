@@ -144,6 +144,121 @@ def _interval_columns(row: dict) -> dict:
     return out
 
 
+# -- reading a result back (the app's Sweep tab, scripts) ---------------------------------------------------------
+MAX_REPORT_BYTES = 4 * 2**20
+MAX_REPORT_ROWS = 500
+REPORT_NUMBERS = ("samples", "step_compression", "nfe", "ms_per_image", "speedup", "ambiguity", "fd", "fd_vs_ar",
+                  "kid", "kid_std", "precision", "recall", "density", "coverage", "class_consistency",
+                  "position_tv", "position_tv_max", "bigram_tv")
+REPORT_INTERVALS = ("fd", "kid", "precision", "recall", "density", "coverage", "class_consistency")
+
+
+def read_report(path: str | Path) -> dict:
+    """A quality run read back from its `quality.json` or `quality.csv`: {"model", "samples_per_decoder",
+    "rows"}, the rows as `evaluate_arms` makes them (intervals as "<metric>_ci" pairs), only the known
+    columns. The same files the command writes; bounded (MAX_REPORT_BYTES, MAX_REPORT_ROWS) and checked,
+    with a ValueError that says what is wrong."""
+    path = Path(path)
+    name = path.name
+    if path.suffix.lower() not in (".json", ".csv"):
+        raise ValueError(f"{name}: a quality result is the run's quality.json or quality.csv")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ValueError(f"{name}: cannot be read ({e.strerror or e})") from None
+    if size > MAX_REPORT_BYTES:
+        raise ValueError(f"{name} is {size / 2**20:.1f} MB; a quality result is at most "
+                         f"{MAX_REPORT_BYTES // 2**20} MB (quality.json or quality.csv, not the units/ folder)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} is not UTF-8 text: not a quality.json / quality.csv") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name} is not valid JSON (truncated?): {e.msg} at line {e.lineno}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise ValueError(f"{name} has no list of rows: not a quality.json written by decoding.quality")
+        raw_rows, meta = data["rows"], data
+    else:
+        import csv
+        import io
+
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "decoder" not in reader.fieldnames or "step_compression" not in reader.fieldnames:
+            raise ValueError(f"{name} has no decoder and step_compression columns: not a quality.csv")
+        raw_rows, meta = [], {}
+        for row in reader:
+            if len(raw_rows) > MAX_REPORT_ROWS:
+                break
+            raw_rows.append(_row_from_csv(row))
+    if not raw_rows:
+        raise ValueError(f"{name} has no rows")
+    if len(raw_rows) > MAX_REPORT_ROWS:
+        raise ValueError(f"{name} has more than {MAX_REPORT_ROWS} rows")
+    rows = [_checked_row(r, i, name) for i, r in enumerate(raw_rows)]
+    samples = meta.get("samples_per_decoder")
+    return {"model": meta.get("model") if isinstance(meta.get("model"), str) else None,
+            "samples_per_decoder": samples if isinstance(samples, int) and not isinstance(samples, bool)
+            else max((r.get("samples") or 0 for r in rows), default=0), "rows": rows}
+
+
+def _row_from_csv(row: dict) -> dict:
+    out: dict = {}
+    for k, v in row.items():
+        if k is None or v is None or v == "":
+            continue
+        if k in ("decoder",):
+            out[k] = v
+        elif k == "lossless":
+            out[k] = v.strip().lower() == "true"
+        else:
+            try:
+                out[k] = float(v)
+            except ValueError:
+                out[k] = v  # refused below when it is a known number
+    for m in REPORT_INTERVALS:
+        if m + "_lo" in out and m + "_hi" in out:
+            out[m + "_ci"] = [out.pop(m + "_lo"), out.pop(m + "_hi")]
+    return out
+
+
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise ValueError(f"{what} is {v!r}, not a finite number")
+    return float(v)
+
+
+def _checked_row(r, i: int, name: str) -> dict:
+    if not isinstance(r, dict):
+        raise ValueError(f"{name}: row {i} is not a table row")
+    decoder = r.get("decoder")
+    if not isinstance(decoder, str) or not 0 < len(decoder) <= 200:
+        raise ValueError(f"{name}: row {i} has no decoder name (a string of 1-200 characters)")
+    where = f"{name}: {decoder!r}'s"
+    out: dict = {"decoder": decoder, "lossless": bool(r.get("lossless", False))}
+    if r.get("step_compression") is None:
+        raise ValueError(f"{where} step_compression is missing")
+    for k in REPORT_NUMBERS:
+        if r.get(k) is not None:
+            out[k] = _number(r[k], f"{where} {k}")
+    if out["step_compression"] <= 0:
+        raise ValueError(f"{where} step_compression is {out['step_compression']}, not > 0")
+    if "samples" in out:
+        out["samples"] = int(out["samples"])
+    for m in REPORT_INTERVALS:
+        ci = r.get(m + "_ci")
+        if ci is not None:
+            if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+                raise ValueError(f"{where} {m}_ci is not a (low, high) pair")
+            lo, hi = _number(ci[0], f"{where} {m} interval"), _number(ci[1], f"{where} {m} interval")
+            if lo > hi:
+                raise ValueError(f"{where} {m} interval [{lo}, {hi}] has its low end above its high end")
+            out[m + "_ci"] = [lo, hi]
+    return out
+
+
 def speed_columns(traces: list[ImageSummary | Trace], ar_traces: list[ImageSummary | Trace]) -> dict:
     total = float(np.mean([t.total_s for t in traces]))
     return {"step_compression": float(np.mean([t.step_compression for t in traces])),
@@ -186,8 +301,10 @@ def evaluate_arms(arms: list[Arm], traces: Images, vocab_size: int, decode=None,
 
 
 def frontier_points(rows: list[dict]) -> tuple[list[dict], tuple[float, float] | None]:
-    points = [{"name": r["decoder"], "x": r["step_compression"], "y": r["fd"], "y_lo": r["fd_ci"][0],
-               "y_hi": r["fd_ci"][1]} for r in rows if r["decoder"] != NOISE_FLOOR and "fd" in r]
+    """Step compression against FD (with its interval) per decoder, and the noise floor's FD interval."""
+    points = [{"name": r["decoder"], "x": r["step_compression"], "y": r["fd"],
+               "y_lo": r.get("fd_ci", (r["fd"], r["fd"]))[0], "y_hi": r.get("fd_ci", (r["fd"], r["fd"]))[1]}
+              for r in rows if r["decoder"] != NOISE_FLOOR and r.get("fd") is not None]
     floor = next((tuple(r["fd_ci"]) for r in rows if r["decoder"] == NOISE_FLOOR and "fd_ci" in r), None)
     return points, floor
 

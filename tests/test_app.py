@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+import gradio as gr
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -183,6 +184,33 @@ def test_small_sweep_and_a_too_large_one(client):
         client.predict(MODEL, "lantern", "k", "1", 1, "{}", *SAMPLING, api_name="/sweep")
     table, _, _, _ = client.predict(MODEL, "gsd", "group_size", "1, 3", 1, "{}", *SAMPLING, api_name="/sweep")
     assert len(table["data"]) == 3  # parameters of a decoder other than the dropdown's first, after ar
+
+
+def test_the_sweep_tab_shows_the_shipped_quality_runs_and_a_users_own(tmp_path):
+    runs = app.shipped_quality_runs()
+    assert any("fashion-mnist-16k" in label for label, _ in runs) and any(
+        label.startswith("fashion-mnist,") for label, _ in runs)
+    assert all("quality_ar.json" != f for _, f in runs)  # the AR card's file is another kind
+    for _, name in runs:
+        status, fig, table = app.show_shipped_quality(name)
+        assert table.splitlines()[0].startswith("| decoder | lossless | samples | step compression")
+        shapes, traces = fig.layout.shapes, [t for t in fig.data if t.x != (None,)]
+        assert len(shapes) == 1 and shapes[0].y0 < shapes[0].y1  # the noise floor's band
+        assert "ar" in [t.name for t in traces] and all(t.error_y.array is not None for t in traces)
+        assert "noise floor" in status
+    with pytest.raises(gr.Error, match="unknown quality run '../README.md'"):
+        app.show_shipped_quality("../README.md")
+    mine = tmp_path / "quality.csv"
+    mine.write_text("decoder,lossless,samples,step_compression,fd,fd_lo,fd_hi\nar,True,4,1.0,30,20,40\n"
+                    "sjd,True,4,2.5,31,21,42\n")
+    status, fig, table = app.show_uploaded_quality(str(mine))
+    assert "quality\\.csv" in status and "no noise floor" in status and len(fig.data) == 2
+    assert "| `sjd` | yes | 4 | 2.50 |" in table
+    mine.write_text("decoder,step_compression,fd\nsjd,2.0,nan\n")
+    with pytest.raises(gr.Error, match="'sjd''s fd is nan, not a finite number"):
+        app.show_uploaded_quality(str(mine))
+    with pytest.raises(gr.Error, match="Upload a quality.json or quality.csv"):
+        app.show_uploaded_quality(None)
 
 
 def test_a_long_sweep_does_not_hold_up_a_generation(demo):

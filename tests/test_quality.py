@@ -81,6 +81,57 @@ def test_evaluation_separates_a_broken_decoder_from_the_noise_floor(tmp_path):
     assert f"{100 * floor['class_consistency']:.1f} [" in table[4] and table[2].endswith("| - | - |")  # no TV for ar
     points, band = quality.frontier_points(rows)
     assert [p["name"] for p in points] == ["ar", "broken"] and band == tuple(floor["fd_ci"])
+    # read back, as the app's Sweep tab does: the JSON exactly, the CSV to its 5 decimals
+    from_json, from_csv = quality.read_report(tmp_path / "quality.json"), quality.read_report(tmp_path / "quality.csv")
+    assert from_json["model"] == "pool" and from_json["samples_per_decoder"] == 120 and from_csv["model"] is None
+    assert quality.markdown_table(from_json["rows"]) + "\n" == (tmp_path / "quality.md").read_text()
+    for back in (from_json["rows"], from_csv["rows"]):
+        assert [r["decoder"] for r in back] == ["ar", "broken", quality.NOISE_FLOOR]
+        for mine, read in zip(rows, back):
+            assert read["fd"] == pytest.approx(mine["fd"], abs=1e-5) and read["lossless"] == mine["lossless"]
+            assert read["fd_ci"] == pytest.approx(list(mine["fd_ci"]), abs=1e-5)
+            assert read["class_consistency_ci"] == pytest.approx(list(mine["class_consistency_ci"]), abs=1e-5)
+    assert quality.frontier_points(from_csv["rows"])[1] == pytest.approx(band, abs=1e-5)
+
+
+GOOD_ROW = {"decoder": "sjd", "lossless": True, "samples": 10, "step_compression": 2.0, "fd": 30.0,
+            "fd_ci": [25.0, 40.0]}
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("quality.txt", "{}", "quality.json or quality.csv"),
+    ("quality.json", '{"rows": [{"decoder": "sjd", "step_comp', "not valid JSON \\(truncated\\?\\)"),
+    ("quality.json", '{"rows": {"decoder": "sjd"}}', "no list of rows"),
+    ("quality.json", '{"rows": []}', "has no rows"),
+    ("quality.json", '\xff\xfe', "not UTF-8"),
+    ("quality.json", json.dumps({"rows": [dict(GOOD_ROW, fd=float("nan"))]}), "'sjd''s fd is nan, not a finite"),
+    ("quality.json", json.dumps({"rows": [dict(GOOD_ROW, step_compression="fast")]}), "step_compression is 'fast'"),
+    ("quality.json", json.dumps({"rows": [dict(GOOD_ROW, step_compression=0)]}), "not > 0"),
+    ("quality.json", json.dumps({"rows": [{k: v for k, v in GOOD_ROW.items() if k != "step_compression"}]}),
+     "step_compression is missing"),
+    ("quality.json", json.dumps({"rows": [dict(GOOD_ROW, decoder="")]}), "row 0 has no decoder name"),
+    ("quality.json", json.dumps({"rows": [dict(GOOD_ROW, fd_ci=[40, 25])]}), "low end above its high end"),
+    ("quality.json", json.dumps({"rows": [dict(GOOD_ROW, fd_ci=[1, 2, 3])]}), "not a \\(low, high\\) pair"),
+    ("quality.json", json.dumps({"rows": [GOOD_ROW] * (quality.MAX_REPORT_ROWS + 1)}), "more than 500 rows"),
+    ("quality.csv", "a,b\n1,2\n", "no decoder and step_compression columns"),
+    ("quality.csv", "decoder,step_compression,fd\nsjd,2.0,inf\n", "fd is inf"),
+])
+def test_a_bad_result_file_is_refused_with_the_reason(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
+    with pytest.raises(ValueError, match=message):
+        quality.read_report(path)
+
+
+def test_a_result_file_too_large_or_missing_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps({"rows": [GOOD_ROW]}))
+    assert quality.read_report(path)["rows"][0]["fd_ci"] == [25.0, 40.0]
+    monkeypatch.setattr(quality, "MAX_REPORT_BYTES", 20)
+    with pytest.raises(ValueError, match="a quality result is at most"):
+        quality.read_report(path)
+    with pytest.raises(ValueError, match="cannot be read"):
+        quality.read_report(tmp_path / "missing.json")
 
 
 def test_the_command_writes_and_resumes_on_the_tiny_model(tmp_path, capsys):
