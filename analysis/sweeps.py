@@ -201,7 +201,8 @@ def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[
 
     points: dicts with "name", "x" (step compression), "y", and optional "y_lo", "y_hi";
     floor: the (low, high) band of the ar-vs-ar noise floor, drawn behind the points."""
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), constrained_layout=True)
+    many = len(points) > 8  # then the legend goes beside the axes, where it hides no point
+    fig, ax = plt.subplots(figsize=(10.5, 5.5) if many else (7.5, 5.0), constrained_layout=True)
     if floor is not None and all(np.isfinite(floor)):
         ax.axhspan(floor[0], floor[1], color="#BBBBBB", alpha=0.35, lw=0, label="ar vs ar (other seeds), 95%")
     below = labels_below(points)
@@ -216,7 +217,10 @@ def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[
     ax.set_title(title, fontsize=11)
     ax.margins(x=0.15, y=0.15)  # room for the point labels inside the axes
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    if many:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    else:
+        ax.legend(fontsize=8, loc="best", framealpha=0.9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
