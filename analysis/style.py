@@ -22,8 +22,19 @@ DECODER_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E
 assert tuple(KIND_COLOURS) == COMMIT_KINDS
 
 
+# past 8 series the colours repeat; the marker changes with each round, so (colour, marker) stays unique
+MARKERS_MPL = ("o", "s", "^", "D", "v", "P", "X", "*")
+MARKERS_PLOTLY = ("circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star")
+
+
 def decoder_colour(i: int) -> str:
     return DECODER_COLOURS[i % len(DECODER_COLOURS)]
+
+
+def decoder_marker(i: int, plotly: bool = False) -> str:
+    """The marker of series i: circles for the first 8 colours, squares for the next 8, and so on."""
+    markers = MARKERS_PLOTLY if plotly else MARKERS_MPL
+    return markers[(i // len(DECODER_COLOURS)) % len(markers)]
 
 
 def kind_colorscale() -> list[list]:

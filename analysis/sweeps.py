@@ -23,7 +23,7 @@ import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
 from analysis.steps import acceptance_rate  # noqa: E402
-from analysis.style import decoder_colour, finish  # noqa: E402
+from analysis.style import decoder_colour, decoder_marker, finish  # noqa: E402
 from decoding.trace import Trace  # noqa: E402
 
 BASELINE = "ar"
@@ -172,7 +172,8 @@ def frontier_figure(points: Sequence[dict], y_label: str, title: str, floor: tup
         fig.add_trace(go.Scatter(
             x=[p["x"]], y=[p["y"]], mode="markers+text", text=[p["name"]],
             textposition=("bottom " if below[i] else "top ") + ("left" if p["x"] > right else "right"),
-            name=p["name"], marker=dict(size=11, color=decoder_colour(i)), cliponaxis=False,
+            name=p["name"], marker=dict(size=11, color=decoder_colour(i), symbol=decoder_marker(i, plotly=True)),
+            cliponaxis=False,
             error_y=dict(type="data", symmetric=False, array=[max(hi - p["y"], 0.0)],
                          arrayminus=[max(p["y"] - lo, 0.0)], color=decoder_colour(i), thickness=1.5, width=5),
             hovertemplate=f"{p['name']}<br>step compression %{{x:.2f}}<br>{y_label} %{{y:.2f}} "
@@ -195,6 +196,41 @@ def wilson_interval(hits: float, n: int, z: float = 1.96) -> tuple[float, float]
     return (float(centre - half), float(centre + half))
 
 
+# label offsets in points, tried in this order: right, above, below, left, then the diagonals further out
+_LABEL_OFFSETS = ((6, 5), (6, -13), (-6, 5), (-6, -13), (0, 10), (0, -18), (14, 14), (14, -22), (-14, 14),
+                  (-14, -22), (6, 22), (6, -30), (-6, 22), (-6, -30))
+
+
+def place_labels(fig, ax, points: Sequence[dict], fontsize: int = 9) -> None:
+    """Names beside the points, each where it overlaps no earlier label and no marker and stays inside
+    the axes (greedy over `_LABEL_OFFSETS`); a label with no free place takes the least-bad one."""
+    fig.canvas.draw()  # fixes the axes' limits and the transform
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    markers = [to_px((p["x"], p["y"])) for p in points]
+    boxes: list = []
+    for i, p in enumerate(points):
+        best = None
+        for dx, dy in _LABEL_OFFSETS:
+            ha = "right" if dx < 0 else "center" if dx == 0 else "left"
+            text = ax.annotate(p["name"], (p["x"], p["y"]), xytext=(dx, dy), textcoords="offset points",
+                               fontsize=fontsize, ha=ha)
+            box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+            inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
+            hits = sum(box.overlaps(b) for b in boxes) + (0 if inside else 2)
+            hits += sum(box.x0 - 4 <= mx <= box.x1 + 4 and box.y0 - 4 <= my <= box.y1 + 4
+                        for j, (mx, my) in enumerate(markers) if j != i)
+            if best is None or hits < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (hits, text, box)
+            else:
+                text.remove()
+            if hits == 0:
+                break
+        boxes.append(best[2])
+
+
 def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[float, float] | None = None,
                  lower_is_better: bool = True, dpi: int = 110) -> bytes:
     """Speed against quality, one point per decoder/setting with its interval, as PNG bytes.
@@ -205,22 +241,21 @@ def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[
     fig, ax = plt.subplots(figsize=(10.5, 5.5) if many else (7.5, 5.0), constrained_layout=True)
     if floor is not None and all(np.isfinite(floor)):
         ax.axhspan(floor[0], floor[1], color="#BBBBBB", alpha=0.35, lw=0, label="ar vs ar (other seeds), 95%")
-    below = labels_below(points)
     for i, p in enumerate(points):
         y, lo, hi = p["y"], p.get("y_lo", p["y"]), p.get("y_hi", p["y"])
         err = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
-        ax.errorbar([p["x"]], [y], yerr=err, fmt="o", ms=7, capsize=4, color=decoder_colour(i), label=p["name"])
-        ax.annotate(p["name"], (p["x"], y), xytext=(6, -14 if below[i] else 6), textcoords="offset points",
-                    fontsize=9)
+        ax.errorbar([p["x"]], [y], yerr=err, fmt=decoder_marker(i), ms=7, capsize=4, color=decoder_colour(i),
+                    label=p["name"])
+    ax.margins(x=0.15, y=0.15)  # room for the point labels inside the axes
     ax.set_xlabel("step compression (tokens / forward pass)  →  faster")
     ax.set_ylabel(y_label + ("  (lower is better)" if lower_is_better else "  (higher is better)"))
     ax.set_title(title, fontsize=11)
-    ax.margins(x=0.15, y=0.15)  # room for the point labels inside the axes
     ax.grid(alpha=0.3)
     if many:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     else:
         ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    place_labels(fig, ax, points)  # last: the layout (legend, titles) fixes where the axes sit
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)

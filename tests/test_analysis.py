@@ -404,3 +404,31 @@ def test_a_16384_code_codebook_is_a_density_with_the_highlight_always_drawn(tmp_
     assert "16384 codes" in fig.layout.title.text and "1000 with data as points" in fig.layout.title.text
     with pytest.raises(ValueError, match=r"max_points must be in \[1, 5000\]"):
         codebook.codebook_figure(xy, stats, max_points=0)
+
+
+def test_frontier_png_labels_do_not_overlap():
+    """17 settings, clustered as in the quality table: every name is drawn once, inside the axes,
+    and no two names overlap (the greedy placement has room here)."""
+    import matplotlib.pyplot as plt
+
+    from analysis.style import decoder_colour, decoder_marker
+    rng = np.random.default_rng(0)
+    xs = [1.0, 1.32, 2.26, 2.3, 2.76, 2.9, 3.04, 3.09, 3.28, 3.3, 3.87, 3.88, 4.28, 4.5, 1.58, 1.6, 5.48]
+    points = [{"name": f"decoder-{i}:setting", "x": x, "y": 30 + rng.normal(), "y_lo": 28.0, "y_hi": 33.0}
+              for i, x in enumerate(xs)]
+    fig, ax = plt.subplots(figsize=(10.5, 5.5))
+    for i, p in enumerate(points):
+        ax.plot([p["x"]], [p["y"]], decoder_marker(i), color=decoder_colour(i))
+    ax.margins(x=0.15, y=0.15)
+    sweeps.place_labels(fig, ax, points)
+    texts = [t for t in ax.texts]
+    assert sorted(t.get_text() for t in texts) == sorted(p["name"] for p in points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert all(ax.bbox.x0 <= b.x0 and b.x1 <= ax.bbox.x1 for b in boxes)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+    # past 8 colours the marker changes, so no two series look alike
+    assert len({(decoder_colour(i), decoder_marker(i)) for i in range(17)}) == 17
+    png = sweeps.frontier_png(points, "FD", "title", floor=(27.0, 32.0))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
