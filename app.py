@@ -571,7 +571,7 @@ def model_from_stem(stem: str) -> str:
 @lru_cache(maxsize=1)
 def shipped_quality_runs() -> tuple[tuple[str, str], ...]:
     """(label, file name) of the `decoding.quality` results shipped in assets/card (the README's tables),
-    the JSON where a run has both; the largest runs first."""
+    the JSON where a run has both; the broadest runs (most decoder settings) first, then the largest."""
     files: dict[str, Path] = {}
     for f in sorted(QUALITY_RUNS.glob("quality_*.json")) + sorted(QUALITY_RUNS.glob("quality_*.csv")):
         files.setdefault(f.stem, f)
@@ -582,7 +582,8 @@ def shipped_quality_runs() -> tuple[tuple[str, str], ...]:
         except ValueError:
             continue  # another kind of file (the AR card's quality_ar.json)
         model, n = report["model"] or model_from_stem(f.stem), report["samples_per_decoder"]
-        out.append(((-n, model, f.name), (f"{model}, {n} per decoder ({f.name})", f.name)))
+        rows = len(report["rows"])
+        out.append(((-rows, -n, model, f.name), (f"{model}, {rows} rows x {n} samples ({f.name})", f.name)))
     return tuple(entry for _, entry in sorted(out))
 
 
@@ -631,8 +632,9 @@ def quality_runs_section():
                            type="filepath", height=130)
     first_view = show_shipped_quality(runs[0][1]) if runs else ("No shipped quality run.", None, "")
     q_status = gr.Markdown(first_view[0])
-    q_plot = gr.Plot(first_view[1], label="speed against quality: step compression and FD")
-    q_table = gr.Markdown(first_view[2], elem_classes=["wide-table"])
+    q_plot = gr.Plot(first_view[1], label="speed against quality: step compression and FD",
+                     elem_classes=["frontier-plot"])
+    q_table = gr.Markdown(first_view[2], elem_classes=["wide-table", "number-table"])
     run_dd.change(show_shipped_quality, run_dd, [q_status, q_plot, q_table], api_visibility="private")
     run_file.upload(show_uploaded_quality, run_file, [q_status, q_plot, q_table], api_visibility="private")
 
@@ -699,7 +701,12 @@ def about_text() -> str:
 
 # wide tables (the About tab's decoder table) scroll sideways on a phone instead of wrapping letter by letter
 CSS = (".wide-table { overflow-x: auto; } .wide-table table { min-width: 860px; } "
-       ".wide-table th, .wide-table td { overflow-wrap: normal; word-break: normal; }")
+       ".wide-table th, .wide-table td { overflow-wrap: normal; word-break: normal; } "
+       # an interval "30.1 [27.5, 32.9]" on one line; the decoder's name may wrap
+       ".number-table table { font-size: 0.9em; } .number-table td { white-space: nowrap; padding: 6px 8px; } "
+       ".number-table td:first-child { white-space: normal; } "
+       # on a phone 17 point names cannot sit beside their points: the legend and the hover name them
+       "@media (max-width: 640px) { .frontier-plot .textpoint { display: none; } }")
 
 
 class SpecLensBlocks(gr.Blocks):

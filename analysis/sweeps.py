@@ -141,16 +141,48 @@ def speed_quality_figure(rows: Sequence[dict], parameter: str | None = None) -> 
     return fig
 
 
-def labels_below(points: Sequence[dict]) -> list[bool]:
-    """Per point, whether its label goes below it: when an earlier point's label near it went above."""
-    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
-    x_span = (max(xs) - min(xs) if xs else 0.0) or 1.0  # the axes' spans, 1 for a single point
-    y_span = (max(ys) - min(ys) if ys else 0.0) or 1.0
-    below: list[bool] = []
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        near = [below[j] for j in range(i) if abs(xs[j] - x) < 0.15 * x_span and abs(ys[j] - y) < 0.2 * y_span]
-        below.append(bool(near) and not near[-1])
-    return below
+_TEXT_POSITIONS = ("top right", "bottom right", "top left", "bottom left", "middle right", "middle left",
+                   "top center", "bottom center")
+
+
+def text_positions(points: Sequence[dict], width: float = 900.0, height: float = 300.0,
+                   char_px: float = 7.5, line_px: float = 16.0) -> list[str]:
+    """Plotly text positions for the point labels, greedy as `place_labels` but on an estimated canvas
+    (plotly lays text out in the browser): each label where its box overlaps no earlier label and no marker."""
+    if not points:
+        return []
+    xs, ys = np.array([p["x"] for p in points], float), np.array([p["y"] for p in points], float)
+    lo = min(min(p.get("y_lo", p["y"]) for p in points), ys.min())  # the axis spans the intervals too
+    hi = max(max(p.get("y_hi", p["y"]) for p in points), ys.max())
+    px = (xs - xs.min()) / ((xs.max() - xs.min()) or 1.0) * width * 0.8 + width * 0.1  # plotly pads the ranges
+    py = (ys - lo) / ((hi - lo) or 1.0) * height * 0.9 + height * 0.05
+    boxes: list[tuple[float, float, float, float]] = []
+    out = []
+
+    def box(i: int, pos: str) -> tuple[float, float, float, float]:
+        w, vert, horiz = char_px * len(points[i]["name"]), *pos.split()
+        x0 = px[i] + 6 if horiz == "right" else px[i] - 6 - w if horiz == "left" else px[i] - w / 2
+        y0 = py[i] + 6 if vert == "top" else py[i] - 6 - line_px if vert == "bottom" else py[i] - line_px / 2
+        return (x0, y0, x0 + w, y0 + line_px)
+
+    def overlap(a, b) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    for i in range(len(points)):
+        scored = []
+        for pos in _TEXT_POSITIONS:
+            b = box(i, pos)
+            # a hidden name counts twice a hidden marker
+            hits = 2 * sum(overlap(b, o) for o in boxes) + sum(
+                b[0] - 4 <= px[j] <= b[2] + 4 and b[1] - 4 <= py[j] <= b[3] + 4 for j in range(len(points)) if j != i)
+            hits += 0 if (0 <= b[0] and b[2] <= width) else 3
+            scored.append((hits, pos, b))
+            if hits == 0:
+                break
+        hits, pos, b = min(scored, key=lambda t: t[0])
+        boxes.append(b)
+        out.append(pos)
+    return out
 
 
 def frontier_figure(points: Sequence[dict], y_label: str, title: str, floor: tuple[float, float] | None = None,
@@ -164,14 +196,13 @@ def frontier_figure(points: Sequence[dict], y_label: str, title: str, floor: tup
         fig.add_hrect(y0=floor[0], y1=floor[1], fillcolor="#BBBBBB", opacity=0.35, line_width=0, layer="below")
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="ar vs ar (other seeds), 95%",
                                  marker=dict(size=12, color="#BBBBBB", symbol="square")))
-    below = labels_below(points)
-    xs = [p["x"] for p in points]
-    right = min(xs, default=0.0) + 0.7 * ((max(xs, default=0.0) - min(xs, default=0.0)) or 1.0)  # labels go left
+    many = len(points) > 8
+    positions = text_positions(points, height=280 if many else 300)
     for i, p in enumerate(points):
         lo, hi = p.get("y_lo", p["y"]), p.get("y_hi", p["y"])
         fig.add_trace(go.Scatter(
             x=[p["x"]], y=[p["y"]], mode="markers+text", text=[p["name"]],
-            textposition=("bottom " if below[i] else "top ") + ("left" if p["x"] > right else "right"),
+            textposition=positions[i],
             name=p["name"], marker=dict(size=11, color=decoder_colour(i), symbol=decoder_marker(i, plotly=True)),
             cliponaxis=False,
             error_y=dict(type="data", symmetric=False, array=[max(hi - p["y"], 0.0)],
@@ -179,8 +210,9 @@ def frontier_figure(points: Sequence[dict], y_label: str, title: str, floor: tup
             hovertemplate=f"{p['name']}<br>step compression %{{x:.2f}}<br>{y_label} %{{y:.2f}} "
                           f"[{lo:.2f}, {hi:.2f}]<extra></extra>"))
     fig.update_xaxes(title_text="step compression (tokens / forward pass) →  faster")
-    fig.update_yaxes(title_text=y_label + ("  (lower is better)" if lower_is_better else "  (higher is better)"))
-    fig = finish(fig, title, height=500)
+    # on two lines: one would outgrow the plot's height and run into the title
+    fig.update_yaxes(title_text=y_label + ("<br>(lower is better)" if lower_is_better else "<br>(higher is better)"))
+    fig = finish(fig, title, height=600 if many else 500)
     fig.update_layout(legend=dict(orientation="h", y=-0.2, yanchor="top", x=0), margin=dict(b=120, r=30))
     return fig
 
@@ -213,11 +245,14 @@ def place_labels(fig, ax, points: Sequence[dict], fontsize: int = 9) -> None:
         best = None
         for dx, dy in _LABEL_OFFSETS:
             ha = "right" if dx < 0 else "center" if dx == 0 else "left"
+            far = abs(dx) > 6 or dy > 5 or dy < -13  # past the first ring: a thin line leads to the point
             text = ax.annotate(p["name"], (p["x"], p["y"]), xytext=(dx, dy), textcoords="offset points",
-                               fontsize=fontsize, ha=ha)
+                               fontsize=fontsize, ha=ha,
+                               arrowprops=dict(arrowstyle="-", lw=0.6, color="0.45", shrinkA=1, shrinkB=4)
+                               if far else None)
             box = text.get_window_extent(renderer).expanded(1.05, 1.15)
             inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
-            hits = sum(box.overlaps(b) for b in boxes) + (0 if inside else 2)
+            hits = 2 * sum(box.overlaps(b) for b in boxes) + (0 if inside else 3)
             hits += sum(box.x0 - 4 <= mx <= box.x1 + 4 and box.y0 - 4 <= my <= box.y1 + 4
                         for j, (mx, my) in enumerate(markers) if j != i)
             if best is None or hits < best[0]:

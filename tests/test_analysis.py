@@ -432,3 +432,16 @@ def test_frontier_png_labels_do_not_overlap():
     assert len({(decoder_colour(i), decoder_marker(i)) for i in range(17)}) == 17
     png = sweeps.frontier_png(points, "FD", "title", floor=(27.0, 32.0))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plotly_frontier_spreads_the_labels_of_a_cluster():
+    """Four settings on top of each other: the interactive frontier gives their names four different
+    places (one fixed position would stack them), and every point keeps its name and symbol."""
+    points = [{"name": f"setting-{i}", "x": 3.0 + 0.01 * i, "y": 30.0 + 0.01 * i, "y_lo": 28.0, "y_hi": 32.0}
+              for i in range(4)] + [{"name": "ar", "x": 1.0, "y": 30.0}]
+    positions = sweeps.text_positions(points)
+    assert len(set(positions[:4])) == 4
+    fig = sweeps.frontier_figure(points, "FD", "title", floor=(27.0, 32.0))
+    named = [t for t in fig.data if t.x != (None,)]
+    assert [t.text[0] for t in named] == [p["name"] for p in points]
+    assert [t.textposition for t in named] == positions

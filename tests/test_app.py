@@ -191,6 +191,8 @@ def test_the_sweep_tab_shows_the_shipped_quality_runs_and_a_users_own(tmp_path):
     assert any("fashion-mnist-16k" in label for label, _ in runs) and any(
         label.startswith("fashion-mnist,") for label, _ in runs)
     assert all("quality_ar.json" != f for _, f in runs)  # the AR card's file is another kind
+    rows = [int(label.split(", ")[1].split(" rows")[0]) for label, _ in runs]
+    assert rows == sorted(rows, reverse=True)  # the broadest run (the README's full table) is shown first
     for _, name in runs:
         status, fig, table = app.show_shipped_quality(name)
         assert table.splitlines()[0].startswith("| decoder | lossless | samples | step compression")
