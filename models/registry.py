@@ -77,6 +77,10 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(DEFAULT_MODEL, "Bundled: LlamaGen-architecture GPT + VQ trained on Fashion-MNIST (14x14 tokens, "
                   "1024 codes)", "fashion_mnist_gpt.pt", "fashion_mnist_vq.pt", "bundled",
                   classifier=FASHION_MNIST_CLASSIFIER),
+        ModelSpec("fashion-mnist-4096", "Bundled: the vocabulary curve's middle point, the same recipe with 4096 x 8 "
+                  "codes (14x14 tokens; GPT trained 1300 steps, as the 16384-code model's first cut)",
+                  "fashion_mnist_4096_gpt.pt", "fashion_mnist_4096_vq.pt", "bundled",
+                  classifier=FASHION_MNIST_CLASSIFIER),
         ModelSpec("fashion-mnist-16k", "Bundled: the same recipe with LlamaGen VQ-16's codebook shape (16384 x 8 "
                   "codes, 14x14 tokens; top-k 2000): far more ambiguous than the 1024-code model, "
                   "weaker classes (93.5%)",

@@ -229,6 +229,16 @@ def test_logits_to_probs_equals_its_plain_reference(s):
     assert not expected.isnan().any() and torch.allclose(expected.sum(-1), torch.ones(3, 7))
 
 
+def test_top_k_at_llamagen_scale_keeps_exactly_the_reference_tokens():
+    """k = 2000 of 16384 (the 16384-code models' top-k), ties straddling the k-th value included: the selection
+    threshold keeps the same tokens as the reference's full sort."""
+    logits = torch.randn(4, 16384, generator=torch.Generator().manual_seed(9)).mul(4).round().div(4)  # many ties
+    s = SamplingSettings(top_k=2000)
+    got, expected = logits_to_probs(logits, s), logits_to_probs_reference(logits, s)
+    assert torch.equal(got > 0, expected > 0) and (got > 0).sum(-1).min() >= 2000
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+
+
 def test_inverse_cdf_equals_its_plain_reference():
     g = torch.Generator().manual_seed(7)
     probs = random_dist(200, 30, seed=8, zeros=5)

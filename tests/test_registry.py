@@ -210,9 +210,10 @@ def test_whole_float_integers_are_stored_as_int():
         make_decoder("sjd", window=7.5)
 
 
-def test_both_bundled_models_are_scored_by_the_shipped_classifier():
+def test_every_bundled_model_is_scored_by_the_shipped_classifier():
     shipped = registry.ASSETS / registry.FASHION_MNIST_CLASSIFIER
-    assert registry.classifier_path("fashion-mnist") == shipped == registry.classifier_path("fashion-mnist-16k")
+    for name in ("fashion-mnist", "fashion-mnist-4096", "fashion-mnist-16k"):
+        assert registry.classifier_path(name) == shipped, name
     assert registry.classifier_path("llamagen-c2i-B-256") is None and registry.classifier_path("nope") is None
 
 
@@ -223,6 +224,7 @@ def test_each_model_names_the_top_k_its_recipe_samples_with():
     assert all(s.top_k == 2000 for s in registry.MODELS.values() if s.source == "hub")
     assert registry.load_model("fashion-mnist-16k").info.top_k == 2000
     assert registry.load_model("fashion-mnist").info.top_k == 0
+    assert registry.MODELS["fashion-mnist-4096"].top_k == 0  # measured without top-k, as the 16k first cut
 
 
 def test_a_recommended_top_k_is_capped_at_the_vocabulary_and_a_negative_one_refused():
@@ -250,3 +252,31 @@ def test_commands_default_to_the_models_top_k_and_keep_a_given_one():
     assert settings_from_args(ap.parse_args(["--top-k", "50", "--cfg-scale", "2"]), info).cfg_scale == 2.0
     with pytest.raises(ValueError, match="top_k must be"):
         settings_from_args(ap.parse_args(["--top-k", "-3"]), info)
+
+
+def test_the_vocabulary_curve_models_are_bundled_in_vocabulary_order_and_small():
+    """1024, 4096 and 16384 codes of the same recipe (the model card's curve), fp16 and <= 30 MB per model."""
+    bundled = [n for n, s in registry.MODELS.items() if s.source == "bundled"]
+    assert bundled == ["fashion-mnist", "fashion-mnist-4096", "fashion-mnist-16k"]
+    sizes = []
+    for name in bundled:
+        spec = registry.MODELS[name]
+        files = [registry.ASSETS / spec.gpt_file, registry.ASSETS / spec.vq_file]
+        assert sum(f.stat().st_size for f in files) <= 30 * 2**20, name
+        model = registry.load_model(name)
+        assert model.gpt.tok_embeddings.weight.dtype == torch.float32  # loaded as fp32 from fp16 files
+        sizes.append(model.info.vocab_size)
+    assert sizes == [1024, 4096, 16384]
+
+
+def test_every_bundled_model_ships_the_projections_of_both_spaces():
+    """The Codebook tab never pays UMAP's first fit for a bundled model: a shipped projection per space, keyed
+    by the weights (a stale one, after new weights, would be ignored and this test fails)."""
+    from analysis import codebook
+
+    for name in (n for n, s in registry.MODELS.items() if s.source == "bundled"):
+        model = registry.load_model(name)
+        for space, emb in (("vq", model.codebook_embeddings()), ("gpt", model.token_embeddings())):
+            path = codebook.SHIPPED / codebook.ProjectionStore.filename(name, space, "umap")
+            xy = codebook.load_projection(path, emb.float().numpy())
+            assert xy is not None and xy.shape == (len(emb), 2), (name, space)
