@@ -190,6 +190,10 @@ def test_the_sweep_tab_shows_the_shipped_quality_runs_and_a_users_own(tmp_path):
     runs = app.shipped_quality_runs()
     assert any("fashion-mnist-16k" in label for label, _ in runs) and any(
         label.startswith("fashion-mnist,") for label, _ in runs)
+    assert any(label.startswith("fashion-mnist-4096,") for label, _ in runs)  # quality_fmnist4096_*: not "fmnist"
+    assert [app.model_from_stem(s) for s in ("quality_fmnist16k_100", "quality_fmnist4096_100", "quality_fmnist_2000",
+                                             "mine")] == ["fashion-mnist-16k", "fashion-mnist-4096", "fashion-mnist",
+                                                          "model not recorded"]
     assert all("quality_ar.json" != f for _, f in runs)  # the AR card's file is another kind
     rows = [int(label.split(", ")[1].split(" rows")[0]) for label, _ in runs]
     assert rows == sorted(rows, reverse=True)  # the broadest run (the README's full table) is shown first
