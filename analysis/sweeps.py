@@ -230,7 +230,17 @@ def wilson_interval(hits: float, n: int, z: float = 1.96) -> tuple[float, float]
 
 # label offsets in points, tried in this order: right, above, below, left, then the diagonals further out
 _LABEL_OFFSETS = ((6, 5), (6, -13), (-6, 5), (-6, -13), (0, 10), (0, -18), (14, 14), (14, -22), (-14, 14),
-                  (-14, -22), (6, 22), (6, -30), (-6, 22), (-6, -30))
+                  (-14, -22), (6, 22), (6, -30), (-6, 22), (-6, -30), (20, 34), (20, -42), (-20, 34), (-20, -42),
+                  (0, 46), (0, -54), (30, 52), (30, -60), (-30, 52), (-30, -60))  # the far rings: dense clusters
+
+
+def _text_box(annotation, renderer):
+    """The name's own box in pixels, without its leader line (an annotation's extent spans the line too, which
+    made every far place look taken)."""
+    from matplotlib.text import Text
+
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
 
 
 def place_labels(fig, ax, points: Sequence[dict], fontsize: int = 9) -> None:
@@ -250,7 +260,7 @@ def place_labels(fig, ax, points: Sequence[dict], fontsize: int = 9) -> None:
                                fontsize=fontsize, ha=ha,
                                arrowprops=dict(arrowstyle="-", lw=0.6, color="0.45", shrinkA=1, shrinkB=4)
                                if far else None)
-            box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+            box = _text_box(text, renderer).expanded(1.05, 1.15)
             inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
             hits = 2 * sum(box.overlaps(b) for b in boxes) + (0 if inside else 3)
             hits += sum(box.x0 - 4 <= mx <= box.x1 + 4 and box.y0 - 4 <= my <= box.y1 + 4
@@ -272,6 +282,16 @@ def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[
 
     points: dicts with "name", "x" (step compression), "y", and optional "y_lo", "y_hi";
     floor: the (low, high) band of the ar-vs-ar noise floor, drawn behind the points."""
+    fig = frontier_matplotlib(points, y_label, title, floor, lower_is_better)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def frontier_matplotlib(points: Sequence[dict], y_label: str, title: str, floor: tuple[float, float] | None = None,
+                    lower_is_better: bool = True):
+    """The matplotlib figure `frontier_png` saves (`frontier_figure` is the app's plotly one)."""
     many = len(points) > 8  # then the legend goes beside the axes, where it hides no point
     fig, ax = plt.subplots(figsize=(10.5, 5.5) if many else (7.5, 5.0), constrained_layout=True)
     if floor is not None and all(np.isfinite(floor)):
@@ -291,10 +311,7 @@ def frontier_png(points: Sequence[dict], y_label: str, title: str, floor: tuple[
     else:
         ax.legend(fontsize=8, loc="best", framealpha=0.9)
     place_labels(fig, ax, points)  # last: the layout (legend, titles) fixes where the axes sit
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def sweep_frontier_png(rows: Sequence[dict], parameter: str) -> bytes:

@@ -434,6 +434,28 @@ def test_frontier_png_labels_do_not_overlap():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_frontier_png_separates_the_names_of_the_16k_tables_cluster():
+    """The 380-sample fashion-mnist-16k table's points (seven settings within 0.7x and 10 FD of each other, with
+    long names): in the saved figure no two names overlap (the first rings alone overlapped two GSD names)."""
+    import matplotlib.pyplot as plt
+
+    table = [("ar", 1.0, 28.7), ("jacobi", 1.08, 30.1), ("sjd", 1.82, 28.6), ("sjd-coupled", 2.35, 30.4),
+             ("sjd-pac", 2.96, 28.3), ("speclens", 2.89, 28.4), ("gsd:group_size=25", 2.45, 28.9),
+             ("gsd:group_size=100", 2.56, 28.8), ("lantern", 2.71, 37.3), ("lantern:delta=0.4", 2.79, 37.7),
+             ("zipar", 1.58, 28.6), ("pjd", 2.12, 54.9), ("speclens-relaxed", 4.29, 40.4)]
+    points = [{"name": n, "x": x, "y": y, "y_lo": y - 6, "y_hi": y + 7} for n, x, y in table]
+    fig = sweeps.frontier_matplotlib(points, "FD", "fashion-mnist-16k: speed against quality", floor=(24.0, 39.7))
+    fig.canvas.draw()  # the saved layout
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    texts = [t for t in ax.texts]
+    assert sorted(t.get_text() for t in texts) == sorted(n for n, _, _ in table)
+    boxes = [sweeps._text_box(t, renderer) for t in texts]  # the names; a leader line may cross one
+    overlapping = [(texts[i].get_text(), texts[j].get_text()) for i, a in enumerate(boxes)
+                   for j, b in enumerate(boxes) if i < j and a.overlaps(b)]
+    assert not overlapping
+    plt.close(fig)
+
+
 def test_plotly_frontier_spreads_the_labels_of_a_cluster():
     """Four settings on top of each other: the interactive frontier gives their names four different
     places (one fixed position would stack them), and every point keeps its name and symbol."""
