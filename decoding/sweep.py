@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -102,9 +103,15 @@ def plan_units(arms: list[Arm], n_images: int, classes: list[int]) -> list[Unit]
 
 
 def shard(units: list[Unit], rank: int, world: int) -> list[Unit]:
+    """This rank's units. Within an image the arms go to consecutive ranks, and from one image to the next
+    the first arm's rank moves on, so that every arm's images are spread over every rank. (`units[rank::world]`
+    does that only when the arm count and `world` share no factor: with 14 arms on 2 ranks it gave one rank
+    the even arms and the other the odd ones, and the slower rank's half of the decoders set the run's end.)"""
     if not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, {world - 1}], got {rank}")
-    return units[rank::world]
+    place = {label: j for j, label in enumerate(dict.fromkeys(u.arm.label for u in units))}
+    step = len(place) if math.gcd(len(place), world) == 1 else 1  # coprime: the same as units[rank::world]
+    return [u for u in units if (place[u.arm.label] + u.index * step) % world == rank]
 
 
 # -- finished units on disk -------------------------------------------------------------------------------

@@ -34,6 +34,19 @@ def test_plan_balances_classes_and_fixes_seeds():
         sweep.plan_units([arms[0], arms[0]], 1, [0])
 
 
+def test_every_rank_gets_every_arm_alike():
+    """14 arms on 2 ranks (the 16k quality run): units[rank::2] gave rank 0 only the even arms."""
+    for n_arms, world in [(14, 2), (6, 4), (3, 2), (4, 4), (5, 1)]:
+        arms = [sweep.Arm(f"a{j}", "ar", seed_base=1000 * j) for j in range(n_arms)]
+        units = sweep.plan_units(arms, 8 * world, [0])
+        shards = [sweep.shard(units, r, world) for r in range(world)]
+        assert sorted(u.key for s in shards for u in s) == sorted(u.key for u in units)
+        for s in shards:
+            assert len(s) == len(units) // world
+            per_arm = {a.label: sum(u.arm.label == a.label for u in s) for a in arms}
+            assert set(per_arm.values()) == {8}, (n_arms, world, per_arm)
+
+
 def test_values_are_merged_and_settings_checked_before_running():
     assert sweep.dedupe_values(["1", 1.0, 2, "none", None, "2"]) == [1, 2, None]
     arms = sweep.sweep_arms("sjd", {"init": "vertical"}, "window", ["4", 4, 8], baseline=True)
