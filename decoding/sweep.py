@@ -251,8 +251,9 @@ def run_units(model, units: list[Unit], sampling: SamplingSettings, out_dir: str
     specs = {u.key: u.spec(model.info.name, sampling) for u in units}
     with process_group(world, str(model.device)) as dist:
         done = store.records(specs)  # read once: the files hold every finished unit (tens of MB with traces)
-        mine = [u for u in shard(units, rank, world) if u.key not in done]
-        done_before = len(shard(units, rank, world)) - len(mine)
+        share = shard(units, rank, world)
+        mine = [u for u in share if u.key not in done]
+        done_before = len(share) - len(mine)
         decoders = {u.arm.label: make_decoder(u.arm.decoder, **u.arm.params) for u in units}
         for label in dict.fromkeys(u.arm.label for u in mine):  # untimed: builds caches first
             for i in range(warmup):
