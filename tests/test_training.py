@@ -144,3 +144,50 @@ def test_a_compact_training_state_resumes(tmp_path, keep_optimizer):
     with pytest.raises(Exception, match="not a training state"):
         torch.save({"model": {}}, tmp_path / "bad.pt")
         compact_training_state(tmp_path / "bad.pt", tmp_path / "out.pt")
+
+
+def test_neighbour_targets_put_each_codes_mass_on_its_near_duplicates():
+    gen = torch.Generator().manual_seed(1)
+    base = torch.nn.functional.normalize(torch.randn(16, 8, generator=gen), dim=-1)
+    twins = torch.nn.functional.normalize(base + 1e-2 * torch.randn(16, 8, generator=gen), dim=-1)
+    codebook = torch.cat([base, twins])  # code i and code 16 + i nearly coincide
+    idx, weight = train_gpt.neighbour_targets(codebook, k=3, temperature=0.05, chunk=5)  # chunks of 5 rows
+    assert idx.shape == weight.shape == (32, 3)
+    assert torch.equal(idx[:, 0], torch.arange(32))  # itself first
+    assert torch.equal(idx[:, 1], (torch.arange(32) + 16) % 32)  # then its twin
+    assert torch.allclose(weight.sum(-1), torch.ones(32))
+    assert (weight[:, 1] > 0.45).all() and (weight[:, 2] < 0.05).all()  # twins share the mass, others barely
+    same, _ = train_gpt.neighbour_targets(codebook, k=3, temperature=0.05, chunk=1000)
+    assert torch.equal(same, idx)
+    plain = train_gpt.neighbour_targets(codebook, k=1, temperature=0.05)
+    logits = torch.randn(2, 5, 32, generator=gen)
+    codes = torch.randint(0, 32, (2, 5), generator=gen)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 32), codes.reshape(-1))
+    assert torch.allclose(train_gpt.soft_targets_loss(logits, codes, plain), ce)  # k = 1: the plain loss
+    soft = (idx, weight)
+    dense = torch.zeros(32, 32).scatter_(1, idx, weight)  # the same targets written out over the vocabulary
+    expected = -(dense[codes] * torch.log_softmax(logits, -1)).sum(-1).mean()
+    assert torch.allclose(train_gpt.soft_targets_loss(logits, codes, soft), expected)
+    drawn = train_gpt.sample_neighbours(codes.repeat(400, 1), soft, torch.Generator().manual_seed(0))
+    assert ((drawn == codes.repeat(400, 1)) | (drawn == (codes.repeat(400, 1) + 16) % 32)).float().mean() > 0.9
+    assert 0.3 < (drawn == codes.repeat(400, 1)).float().mean() < 0.7
+    with pytest.raises(ValueError, match="k must be 1..32"):
+        train_gpt.neighbour_targets(codebook, k=33, temperature=0.05)
+
+
+def test_gpt_training_with_neighbour_targets_runs_and_refuses_bad_settings(tmp_path, capsys):
+    vq_dir, gpt_dir = tmp_path / "vq", tmp_path / "gpt"
+    train_vq.main(["--out", str(vq_dir), "--max-steps", "2", "--batch", "4", "--source", "subset",
+                   "--restart-every", "2", "--threads", "1"])
+    args = ["--vq", str(vq_dir / "vq.pt"), "--out", str(gpt_dir), "--batch", "4", "--dim", "32", "--n-layer", "1",
+            "--n-head", "2", "--eval-every", "1", "--source", "subset", "--threads", "1"]
+    train_gpt.main(args + ["--max-steps", "2", "--neighbour-targets", "4", "--neighbour-temperature", "0.1"])
+    log = [json.loads(line) for line in (gpt_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and log[-1]["neighbour_targets"] == [4, 0.1]
+    assert np.isfinite(log[-1]["val_loss"]) and np.isfinite(log[-1]["train_loss"])
+    for bad, message in [(["--neighbour-targets", "0"], "must be 1..256"),
+                         (["--neighbour-temperature", "nan"], "positive number"),
+                         (["--neighbour-temperature", "-1"], "positive number")]:
+        with pytest.raises(SystemExit):
+            train_gpt.parse_args(args + bad)
+        assert message in capsys.readouterr().err
