@@ -54,7 +54,7 @@ def test_tiny_fixture_model_loads():
 @pytest.fixture(scope="module")
 def bundled():
     torch.set_num_threads(1)  # as the other decoding tests: on a shared 2-core machine 2 threads ran 20x slower
-    return registry.load_model(registry.DEFAULT_MODEL)
+    return registry.load_model("fashion-mnist")  # the 1024-code model (the default is fashion-mnist-16k)
 
 
 def test_bundled_model_shapes(bundled):

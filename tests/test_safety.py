@@ -240,7 +240,7 @@ def env(tmp_path):
 
 def test_environment_defaults(env, tmp_path):
     e = read_environment(env)
-    assert (e.model, e.threads, e.port, e.allow_download, e.umap) == ("fashion-mnist", 2, 7860, False, True)
+    assert (e.model, e.threads, e.port, e.allow_download, e.umap) == ("fashion-mnist-16k", 2, 7860, False, True)
     assert e.weights_dir == tmp_path / ".cache" / "speclens" / "llamagen"
     assert e.projections_dir == tmp_path / "cache" / "speclens" / "projections"
     with pytest.raises(FrozenInstanceError):
@@ -283,7 +283,7 @@ def test_good_environment_values(env, tmp_path):
     assert (e.projections_dir, e.model) == (projections, "llamagen-c2i-L-256")
     e = read_environment({**env, "GRADIO_SERVER_PORT": "9090", "SPECLENS_PROJECTIONS_DIR": "", "SPECLENS_MODEL": "",
                           "SPECLENS_THREADS": " 1 ", "SPECLENS_UMAP": "TRUE"})
-    assert (e.port, e.projections_dir, e.model, e.threads, e.umap) == (9090, None, "fashion-mnist", 1, True)
+    assert (e.port, e.projections_dir, e.model, e.threads, e.umap) == (9090, None, "fashion-mnist-16k", 1, True)
     assert read_environment({**env, "SPECLENS_MODEL": "tiny-fixture"}).model == "tiny-fixture"
 
 
