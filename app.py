@@ -690,10 +690,11 @@ def about_text() -> str:
             + define("forward_pass", "nfe", "step_compression", "mean_accepted_length", "mean_accepted_drafts",
                      "acceptance_rate", "commit_kind", "wall_time", "class_consistency") +
             "\n\nThe bundled models are trained on Fashion-MNIST (28x28 images, 14x14 tokens) so that they run on "
-            "a CPU: `fashion-mnist` with 1024 codes, and `fashion-mnist-16k` with the codebook shape of LlamaGen's "
-            "VQ-16 (16384 x 8), whose many near-duplicate codes make its next-token distributions ambiguous, as on "
-            "the large models if less so (24% of positions with top-1 below 0.05 at its top-k 2000, against 2.7% on "
-            "1024 codes and 50-95% on the large models; see the model card); `fashion-mnist-4096` (4096 x 8) is the "
+            "a CPU: `fashion-mnist-16k` (the default) with the codebook shape of LlamaGen's VQ-16 (16384 x 8), "
+            "whose many near-duplicate codes make its next-token distributions ambiguous, as on the large models "
+            "(65% of positions with top-1 below 0.05 at its top-k 2000, against 2.7% on 1024 codes and 50-95% on "
+            "the large models; its GPT was trained last on each code's near-duplicates, see the model card), and "
+            "`fashion-mnist` with 1024 codes (the one with trained drafters); `fashion-mnist-4096` (4096 x 8) is the "
             "curve's middle point, a shorter-trained GPT (28% below 0.05, 86.5% class-consistency); timings "
             "here are of this server's CPU and only indicative. Step compression does not "
             "depend on the hardware.\n\n**Limits of this public server** (per request): uploads up to "

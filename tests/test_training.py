@@ -116,15 +116,20 @@ def test_codebook_init_gives_near_duplicate_codes_near_embeddings_and_logits():
     assert torch.equal(again.tok_embeddings.weight, emb) and torch.equal(again.output.weight, out)
 
 
+def tiny_gpt_run(tmp_path):
+    """A 2-step VQ on the shipped subset, and the arguments of a tiny GPT run on it (evaluated every step)."""
+    vq_dir, gpt_dir = tmp_path / "vq", tmp_path / "gpt"
+    train_vq.main(["--out", str(vq_dir), "--max-steps", "2", "--batch", "4", "--source", "subset",
+                   "--restart-every", "2", "--threads", "1"])
+    return gpt_dir, ["--vq", str(vq_dir / "vq.pt"), "--out", str(gpt_dir), "--batch", "4", "--dim", "32",
+                     "--n-layer", "1", "--n-head", "2", "--eval-every", "1", "--source", "subset", "--threads", "1"]
+
+
 @pytest.mark.parametrize("keep_optimizer", [False, True])
 def test_a_compact_training_state_resumes(tmp_path, keep_optimizer):
     from models.training import compact_training_state
 
-    vq_dir, gpt_dir = tmp_path / "vq", tmp_path / "gpt"
-    train_vq.main(["--out", str(vq_dir), "--max-steps", "2", "--batch", "4", "--source", "subset",
-                   "--restart-every", "2", "--threads", "1"])
-    args = ["--vq", str(vq_dir / "vq.pt"), "--out", str(gpt_dir), "--batch", "4", "--dim", "32", "--n-layer", "1",
-            "--n-head", "2", "--eval-every", "1", "--source", "subset", "--threads", "1"]
+    gpt_dir, args = tiny_gpt_run(tmp_path)
     train_gpt.main(args + ["--max-steps", "2"])
     full = gpt_dir / "last.pt"
     compact_training_state(full, tmp_path / "small.pt", keep_optimizer)
@@ -176,11 +181,7 @@ def test_neighbour_targets_put_each_codes_mass_on_its_near_duplicates():
 
 
 def test_gpt_training_with_neighbour_targets_runs_and_refuses_bad_settings(tmp_path, capsys):
-    vq_dir, gpt_dir = tmp_path / "vq", tmp_path / "gpt"
-    train_vq.main(["--out", str(vq_dir), "--max-steps", "2", "--batch", "4", "--source", "subset",
-                   "--restart-every", "2", "--threads", "1"])
-    args = ["--vq", str(vq_dir / "vq.pt"), "--out", str(gpt_dir), "--batch", "4", "--dim", "32", "--n-layer", "1",
-            "--n-head", "2", "--eval-every", "1", "--source", "subset", "--threads", "1"]
+    gpt_dir, args = tiny_gpt_run(tmp_path)
     train_gpt.main(args + ["--max-steps", "2", "--neighbour-targets", "4", "--neighbour-temperature", "0.1"])
     log = [json.loads(line) for line in (gpt_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and log[-1]["neighbour_targets"] == [4, 0.1]
