@@ -117,8 +117,8 @@ def soft_targets_loss(logits: torch.Tensor, codes: torch.Tensor, targets: tuple[
     """Cross-entropy against the neighbour distribution of each target code: -sum_v w(v | a) log p(v).
 
     logits [B, T, V]; codes [B, T] (the VQ's codes a); targets from neighbour_targets. With k = 1 this is the
-    plain cross-entropy."""
-    idx, weight = (t.to(logits.device) for t in targets)
+    plain cross-entropy. `targets` must be on the logits' device."""
+    idx, weight = targets
     logp = F.log_softmax(logits.float(), dim=-1)
     return -(weight[codes] * logp.gather(-1, idx[codes])).sum(-1).mean()
 
@@ -181,9 +181,10 @@ def main(argv=None) -> None:
     opt = make_optimizer(gpt, args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     step = load_training_state(out / "last.pt", gpt, opt, gen)
-    targets = None
+    targets = loss_targets = None  # sampled from on the CPU (the data's generator); the loss's copy on the device
     if args.neighbour_targets > 1:
         targets = neighbour_targets(vq.quantize.codebook(), args.neighbour_targets, args.neighbour_temperature)
+        loss_targets = tuple(t.to(args.device) for t in targets)
     log = open(out / "log.jsonl", "a")
     t0 = time.time()
     gpt.train()
@@ -192,7 +193,7 @@ def main(argv=None) -> None:
             group["lr"] = lr_at(step, args)
         idx = torch.randint(0, len(tr_t), (args.batch,), generator=gen)
         inputs = None if targets is None else sample_neighbours(tr_t[idx], targets, gen)
-        loss = loss_on(gpt, tr_y[idx], tr_t[idx], args.bf16, targets, inputs)
+        loss = loss_on(gpt, tr_y[idx], tr_t[idx], args.bf16, loss_targets, inputs)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
