@@ -3,6 +3,11 @@
     python -m decoding.quality --model fashion-mnist --decoders ar,sjd,gsd:group_size=25,lantern \\
         --samples 2000 --out runs/quality
     torchrun --nproc_per_node 2 -m decoding.quality ...        # the same run on 2 processes / GPUs
+    python -m decoding.quality --merge runs/q-a/quality.json runs/q-b/quality.json --out runs/q  # one table
+
+A table too long for one sitting is made in groups of decoders, each group its own run (each recomputes ar and
+the floor, with the same seeds, so the same images); `--merge` checks that the runs' ar and floor rows agree in
+every column that follows from the images and writes the one table.
 
 Every decoder (specs parsed as `decoding.benchmark` does) makes `--samples` images, classes
 balanced, seeds 0..N-1; `ar` always runs, and once more with seeds 10^6.. ("ar (other seeds)"): the
@@ -151,6 +156,8 @@ REPORT_NUMBERS = ("samples", "step_compression", "nfe", "ms_per_image", "speedup
                   "kid", "kid_std", "precision", "recall", "density", "coverage", "class_consistency",
                   "position_tv", "position_tv_max", "bigram_tv")
 REPORT_INTERVALS = ("fd", "kid", "precision", "recall", "density", "coverage", "class_consistency")
+RUN_KEYS = ("sampling", "noise_floor_seeds", "reference", "fd_name", "bootstrap_resamples", "seed")  # what makes two
+# runs' numbers comparable (besides the model and the sample count); in quality.json, not in quality.csv
 
 
 def read_report(path: str | Path) -> dict:
@@ -201,7 +208,8 @@ def read_report(path: str | Path) -> dict:
     samples = meta.get("samples_per_decoder")
     return {"model": meta.get("model") if isinstance(meta.get("model"), str) else None,
             "samples_per_decoder": samples if isinstance(samples, int) and not isinstance(samples, bool)
-            else max((r.get("samples") or 0 for r in rows), default=0), "rows": rows}
+            else max((r.get("samples") or 0 for r in rows), default=0), "rows": rows,
+            "run": {k: meta[k] for k in RUN_KEYS if k in meta}}
 
 
 def _row_from_csv(row: dict) -> dict:
@@ -340,6 +348,81 @@ def inception_fid(images: np.ndarray, reference_npz: str | Path, device: str = "
     return metrics.frechet_from_stats(f.mean(0), np.cov(f, rowvar=False), mu, sigma)
 
 
+# -- one table from several runs -------------------------------------------------------------------------------------
+TIMED = ("ms_per_image", "speedup")  # measured, so different in every run; every other column follows from the images
+
+
+def _drawn(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMED}
+
+
+def _same_numbers(a: dict, b: dict) -> str | None:
+    """None when the two rows' image-derived columns agree (to float round-off), else the first that does not."""
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
+            pairs = list(zip(x, y))
+        else:
+            pairs = [(x, y)]
+        for u, v in pairs:
+            numeric = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in (u, v))
+            if not (abs(u - v) <= 1e-9 * max(1.0, abs(u), abs(v)) if numeric else u == v):
+                return f"{k}: {x} against {y}"
+    return None
+
+
+def merge_reports(reports: list[tuple[str, dict]]) -> dict:
+    """One quality table from runs that share their baseline: the same model, sampling settings, sample count,
+    seeds, reference and bootstrap, so the same `ar` images and the same noise floor (checked: every column of
+    those two rows that follows from the images must agree). reports: (name, `read_report` of a quality.json).
+    Rows: ar and the floor from the first run, the decoders in order of first appearance (a decoder in two runs
+    must agree too). A row's wall-clock speedup stays the one measured against the ar of its own run.
+    Used to finish a table too long for one sitting: run the decoders in groups into separate folders."""
+    if len(reports) < 2:
+        raise ValueError("give two or more quality.json files to merge")
+    (first_name, first), rest = reports[0], reports[1:]
+    for name, rep in reports:
+        if not rep.get("run"):
+            raise ValueError(f"{name}: a merge needs each run's quality.json (the CSV does not record the settings)")
+    keys = [r["decoder"] for r in first["rows"]]
+    if not keys or keys[0] != BASELINE or keys[-1] != NOISE_FLOOR:
+        raise ValueError(f"{first_name}: its rows do not start with {BASELINE!r} and end with {NOISE_FLOOR!r}")
+    rows = {r["decoder"]: r for r in first["rows"]}
+    origin = {k: first_name for k in rows}
+    for name, rep in rest:
+        for what, mine, theirs in (("model", first["model"], rep["model"]),
+                                   ("samples per decoder", first["samples_per_decoder"], rep["samples_per_decoder"]),
+                                   *((k, first["run"].get(k), rep["run"].get(k)) for k in RUN_KEYS)):
+            if mine != theirs:
+                raise ValueError(f"{name} and {first_name} differ in {what} ({theirs!r} against {mine!r}); "
+                                 "only runs of the same model, settings and sample count make one table")
+        for r in rep["rows"]:
+            key = r["decoder"]
+            if key in rows:
+                diff = _same_numbers(_drawn(rows[key]), _drawn(r))
+                if diff:
+                    raise ValueError(f"{key!r} differs between {origin[key]} and {name} ({diff}): the runs did not "
+                                     "draw the same images (another code version, device or thread count?)")
+            else:
+                rows[key], origin[key] = r, name
+    order = [k for k in rows if k not in (BASELINE, NOISE_FLOOR)]
+    merged = [rows[BASELINE], *(rows[k] for k in order), rows[NOISE_FLOOR]]
+    return {"model": first["model"], **first["run"], "samples_per_decoder": first["samples_per_decoder"],
+            "noise_floor": NOISE_FLOOR, "rows": merged,
+            "merged_from": {name: [r["decoder"] for r in rep["rows"]] for name, rep in reports},
+            "notes": ["merged from runs with the same ar images and noise floor (checked); each decoder's wall-clock "
+                      "speedup is against the ar of its own run"]}
+
+
+def merge_main(paths: list[str], out: str) -> dict:
+    report = merge_reports([(Path(p).parent.name + "/" + Path(p).name, read_report(p)) for p in paths])
+    write_tables(Path(out), report)
+    print(format_rows(report["rows"]))
+    print(f"\nmerged {len(paths)} runs into {Path(out)}: quality.json, quality.csv, quality.md" +
+          (", frontier.png" if "fd" in report["rows"][0] else ""))
+    return report
+
+
 # -- the command ----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from decoding.benchmark import DEFAULT_DECODERS
@@ -369,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record every image's whole trace in units/ (~100 KB each on the bundled model; "
                          "default: a ~4 KB summary)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--merge", nargs="+", metavar="QUALITY.json", default=None,
+                    help="instead of running: make one table from these runs' quality.json (the same model, "
+                         "settings and sample count; their ar rows must agree) and write it to --out")
     ap.add_argument("--out", default="runs/quality", help="output folder; a run there is resumed")
     return ap
 
@@ -386,6 +472,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     from decoding.benchmark import DEFAULT_DECODERS, parse_decoder_specs
     ap = build_parser()
     a = ap.parse_args(argv)
+    if a.merge:
+        try:
+            return merge_main(a.merge, a.out)
+        except ValueError as e:
+            ap.error(str(e))
     if a.bootstrap < 2:
         ap.error(f"--bootstrap must be >= 2, got {a.bootstrap}")
     specs = parse_decoder_specs(([a.decoder] if a.decoder else []) + (a.decoders or ([] if a.decoder else
@@ -416,7 +507,8 @@ def main(argv: list[str] | None = None) -> dict | None:
               "decoders": {arm.label: arm.setting() for arm in arms}, "noise_floor": NOISE_FLOOR,
               "noise_floor_seeds": f"{FLOOR_SEED}..{FLOOR_SEED + n - 1}",
               "reference": None if reference is None else {"source": where, "images": len(reference)},
-              "fd_name": metrics.FD_NAME, "bootstrap_resamples": a.bootstrap, "rows": rows, "notes": notes}
+              "fd_name": metrics.FD_NAME, "bootstrap_resamples": a.bootstrap, "seed": a.seed, "rows": rows,
+              "notes": notes}
     add_inception_fid(a, model, arms, traces, report)
     write_quality_outputs(Path(a.out), report, model, traces, a.grid_rows)
     print(format_rows(rows))
@@ -442,7 +534,8 @@ def add_inception_fid(a, model, arms: list[Arm], traces: Images, report: dict) -
         row["inception_fid"] = inception_fid(images, a.inception_fid, str(model.device))
 
 
-def write_quality_outputs(out: Path, report: dict, model, traces: Images, grid_rows: int) -> None:
+def write_tables(out: Path, report: dict) -> None:
+    """quality.json, quality.csv, quality.md and (with FD) frontier.png."""
     from analysis import sweeps
 
     rows = report["rows"]
@@ -454,6 +547,10 @@ def write_quality_outputs(out: Path, report: dict, model, traces: Images, grid_r
         png = sweeps.frontier_png(points, metrics.FD_NAME, f"{report['model']}: speed against quality, "
                                   f"{report['samples_per_decoder']} samples per decoder", floor=floor)
         atomic_write_bytes(out / "frontier.png", png)
+
+
+def write_quality_outputs(out: Path, report: dict, model, traces: Images, grid_rows: int) -> None:
+    write_tables(out, report)
     for label, ts in traces.items():
         images = [model.decode_tokens(torch.tensor(t.tokens)) for t in ts[:1]]
         if images and images[0].shape[0] <= 64:  # small images only (the bundled model), not LlamaGen's

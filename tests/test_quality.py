@@ -198,3 +198,38 @@ def test_sample_grid_names_each_column_as_far_as_it_fits():
     assert ImageDraw.Draw(grid).textlength("T-shirt/top") < 80  # the whole name fits in its 84-px column
     assert (header[:, 84:86] == 255).all() and (header[:, -2:] == 255).all()  # a long name stops at its column
     assert (header[:, 84:] < 255).any()
+
+
+def test_runs_of_decoder_groups_merge_into_the_table_of_one_run(tmp_path, capsys):
+    common = ["--model", "tiny-fixture", "--samples", "4", "--threads", "1", "--warmup", "0", "--no-progress"]
+    whole = quality.main(common + ["--decoders", "sjd:window=3,jacobi", "--out", str(tmp_path / "whole")])
+    quality.main(common + ["--decoders", "sjd:window=3", "--out", str(tmp_path / "a")])
+    quality.main(common + ["--decoders", "jacobi", "--out", str(tmp_path / "b")])
+    merged = quality.main(["--merge", str(tmp_path / "a" / "quality.json"), str(tmp_path / "b" / "quality.json"),
+                           "--out", str(tmp_path / "merged")])
+    assert [r["decoder"] for r in merged["rows"]] == [r["decoder"] for r in whole["rows"]]
+    for got, want in zip(merged["rows"], whole["rows"]):
+        assert quality._same_numbers(quality._drawn(got), quality._drawn(quality._checked_row(want, 0, "w"))) is None
+    again = quality.read_report(tmp_path / "merged" / "quality.json")
+    assert again["rows"] == merged["rows"] and (tmp_path / "merged" / "quality.md").exists()
+    assert "merged 2 runs" in capsys.readouterr().out
+
+
+def test_runs_that_drew_other_images_are_not_merged(tmp_path, capsys):
+    common = ["--model", "tiny-fixture", "--threads", "1", "--warmup", "0", "--no-progress", "--decoders", "jacobi"]
+    quality.main(common + ["--samples", "4", "--out", str(tmp_path / "a")])
+    quality.main(common + ["--samples", "6", "--out", str(tmp_path / "b")])
+    quality.main(common + ["--samples", "4", "--temperature", "0.5", "--out", str(tmp_path / "c")])
+    a, b, c = (str(tmp_path / x / "quality.json") for x in "abc")
+    for other, message in ((b, "differ in samples per decoder"), (c, "differ in sampling")):
+        with pytest.raises(SystemExit):
+            quality.main(["--merge", a, other, "--out", str(tmp_path / "m")])
+        assert message in capsys.readouterr().err
+    report = quality.read_report(a)
+    forged = dict(report, rows=[dict(r, position_tv=0.5) if r["decoder"] == quality.NOISE_FLOOR else r
+                                for r in report["rows"]])
+    with pytest.raises(ValueError, match="did not draw the same images"):
+        quality.merge_reports([("a", report), ("forged", forged)])
+    with pytest.raises(ValueError, match="needs each run's quality.json"):
+        quality.merge_reports([("a", report), ("csv", quality.read_report(tmp_path / "a" / "quality.csv"))])
+    assert not (tmp_path / "m").exists()
